@@ -1,0 +1,127 @@
+"""A bond network without OpenVPN, for kernel tests of the daemons.
+
+Each OpenVPN server is played by a bridge (``br<i>``) in one "switch"
+namespace; every peer namespace has ``eth<i>`` (a veth whose other end
+``<peer>s<i>`` sits on ``br<i>``) enslaved to ``bond0`` with vpn2's bond
+attributes and its address from the plan. Seed peers also get the
+``bond0-ip6tnl<j>`` tunnels ``bonding setup`` makes. Failures are injected on
+the switch-side veth ends: ``cut`` (link down, like an OpenVPN client that
+lost its tap) and ``netem`` (loss or delay on the path, both directions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from ipaddress import IPv6Address
+
+from pyroute2 import AsyncIPRoute
+
+from bonding import links
+from bonding.plan import BOND_DEVICE, AddressPlan, seed_tunnel_name
+from tests.netns import nsutil
+
+PLAN = AddressPlan.from_text()
+
+
+@dataclass
+class Peer:
+    name: str
+    ns: str
+    address: IPv6Address
+    side: str  # "seed" | "shoot"
+    index: int
+    ifindex: dict[str, int] = field(default_factory=dict)
+
+
+class BondLab:
+    """Build with ``await BondLab.create(make_netns, ipr_factory)``."""
+
+    def __init__(self, make_netns, ipr_factory, servers: int = 2, shoot_clients: int = 2, miimon: int = 100):
+        self._make_netns = make_netns
+        self._ipr_factory = ipr_factory
+        self.servers = servers
+        self.shoot_clients = shoot_clients
+        self.miimon = miimon
+        self.switch_ns = ""
+        self.switch: AsyncIPRoute | None = None
+        self.peers: dict[str, Peer] = {}
+
+    @classmethod
+    async def create(cls, make_netns, ipr_factory, **kwargs) -> BondLab:
+        lab = cls(make_netns, ipr_factory, **kwargs)
+        lab.switch_ns = make_netns("sw")
+        lab.switch = await ipr_factory(lab.switch_ns)
+        for i in range(lab.servers):
+            await lab.switch.link("add", ifname=f"br{i}", kind="bridge")
+            # No STP, no forwarding delay: a port forwards as soon as it is up.
+            (br,) = await lab.switch.link_lookup(ifname=f"br{i}")
+            await lab.switch.link("set", index=br, kind="bridge", br_forward_delay=0, br_stp_state=0)
+            await lab.switch.link("set", index=br, state="up")
+        return lab
+
+    async def ipr(self, peer: Peer) -> AsyncIPRoute:
+        return await self._ipr_factory(peer.ns)
+
+    async def add_peer(self, name: str, side: str, index: int) -> Peer:
+        address = PLAN.seed_client(index) if side == "seed" else PLAN.shoot_client(index)
+        peer = Peer(name, self._make_netns(name[:6]), address, side, index)
+        ipr = await self._ipr_factory(peer.ns)
+        slaves = []
+        for i in range(self.servers):
+            outer = f"{name[:10]}s{i}"
+            await self.switch.link("add", ifname=outer, kind="veth", peer={"ifname": f"eth{i}", "net_ns_fd": peer.ns})
+            (outer_index,) = await self.switch.link_lookup(ifname=outer)
+            (bridge,) = await self.switch.link_lookup(ifname=f"br{i}")
+            await self.switch.link("set", index=outer_index, master=bridge, state="up")
+            (inner,) = await ipr.link_lookup(ifname=f"eth{i}")
+            slaves.append(inner)
+            peer.ifindex[f"eth{i}"] = inner
+        spec = links.BondSpec(miimon=self.miimon)
+        bond, _ = await links.ensure_bond(ipr, BOND_DEVICE, spec, slaves)
+        peer.ifindex[BOND_DEVICE] = bond
+        await links.ensure_only_address(ipr, bond, PLAN.on_bond(address))
+        if side == "seed":
+            for j in range(self.shoot_clients):
+                index, _ = await links.ensure_ip6tnl(ipr, seed_tunnel_name(j), address, PLAN.shoot_client(j))
+                peer.ifindex[seed_tunnel_name(j)] = index
+        self.peers[name] = peer
+        return peer
+
+    async def add_seed(self, name: str, index: int) -> Peer:
+        return await self.add_peer(name, "seed", index)
+
+    async def add_shoot(self, j: int, name: str | None = None) -> Peer:
+        return await self.add_peer(name or f"shoot{j}", "shoot", j)
+
+    async def _outer(self, peer: Peer, server: int) -> int:
+        (index,) = await self.switch.link_lookup(ifname=f"{peer.name[:10]}s{server}")
+        return index
+
+    async def cut(self, peer: Peer, server: int | None = None) -> None:
+        """Take the peer off server ``server`` (all servers if None): its slave loses carrier."""
+        for i in range(self.servers) if server is None else [server]:
+            await self.switch.link("set", index=await self._outer(peer, i), state="down")
+
+    async def restore(self, peer: Peer, server: int | None = None) -> None:
+        for i in range(self.servers) if server is None else [server]:
+            await self.switch.link("set", index=await self._outer(peer, i), state="up")
+
+    def netem(self, peer: Peer, spec: str | None, server: int | None = None) -> None:
+        """Apply ``tc netem <spec>`` on both directions of the peer's path(s); None removes it."""
+        for i in range(self.servers) if server is None else [server]:
+            outer = f"{peer.name[:10]}s{i}"
+            for ns, dev in ((self.switch_ns, outer), (peer.ns, f"eth{i}")):
+                if spec is None:
+                    nsutil.run_in(ns, ["tc", "qdisc", "del", "dev", dev, "root"], check=False)
+                else:
+                    nsutil.run_in(ns, ["tc", "qdisc", "replace", "dev", dev, "root", "netem", *spec.split()])
+
+    async def wait_reachable(self, src: Peer, dst: Peer, timeout: float = 10.0) -> None:
+        """Until ``src`` gets an echo reply from ``dst``'s bond address."""
+
+        def ping() -> bool:
+            result = nsutil.run_in(src.ns, ["ping", "-6", "-c1", "-W1", str(dst.address)], check=False)
+            return result.returncode == 0
+
+        await nsutil.wait_for(lambda: asyncio.to_thread(ping), timeout=timeout, message=f"{src.name} → {dst.name}")
