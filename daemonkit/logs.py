@@ -41,6 +41,8 @@ def setup_logging(level: str = "info", stream=None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # pyroute2 logs every netlink message at debug: never useful to an operator.
+    logging.getLogger("pyroute2").setLevel(max(root.level, logging.WARNING))
 
 
 class RateLimiter:

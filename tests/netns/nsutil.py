@@ -221,3 +221,43 @@ class Snapshot:
         if extra := self.tmp - before.tmp:
             leaks.append(f"files in /tmp {sorted(extra)}")
         return leaks
+
+
+# --- sockets inside a namespace (created there, used from the test process) ---
+
+
+def ns_socket(ns: str, family: int, kind: int, proto: int = 0):
+    return pr_netns.create_socket(ns, family, kind, proto)
+
+
+def http_get(ns: str, port: int, path: str, host: str = "127.0.0.1", timeout: float = 5.0) -> tuple[int, str]:
+    """GET ``path`` from a server listening inside ``ns``; (status, body)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = ns_socket(ns, family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: test\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    finally:
+        sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode(errors="replace")
+
+
+async def http_get_async(ns: str, port: int, path: str, **kwargs) -> tuple[int, str]:
+    return await asyncio.to_thread(http_get, ns, port, path, **kwargs)
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in Prometheus text format, or None."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    prefix = f"{name}{{{wanted}}} " if labels else f"{name} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line.rsplit(" ", 1)[1])
+    return None

@@ -1,0 +1,94 @@
+"""Settings of the path-controller: vpn2's variables plus probe, announcement and HTTP knobs."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, model_validator
+from pydantic_settings import NoDecode
+
+from bonding.config import VpnNetwork
+from bonding.plan import DEFAULT_VPN_NETWORK, AddressPlan, parse_vpn_network
+from daemonkit.config import EnvSettings, NetworkList, OptionalNetwork
+
+IPAddress = IPv4Address | IPv6Address
+
+
+def _ip(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return ip_address(value.strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address") from None
+    return value
+
+
+def _ip_list(value: object) -> object:
+    if isinstance(value, str):
+        return [_ip(part) for part in value.split(",") if part.strip()]
+    return value
+
+
+class PathControllerSettings(EnvSettings):
+    # --- vpn2's variables -------------------------------------------------
+    vpn_network: VpnNetwork = Field(parse_vpn_network(DEFAULT_VPN_NETWORK))
+    ha_vpn_clients: int = Field(2, ge=1, le=256, description="vpn-shoot pods to probe (::b:0 .. ::b:N-1)")
+    shoot_service_networks: NetworkList = Field(default_factory=lambda: [ip_network("100.64.0.0/13")])
+    shoot_pod_networks: NetworkList = Field(default_factory=lambda: [ip_network("100.96.0.0/11")])
+    shoot_node_networks: NetworkList = Field(default_factory=list)
+    seed_pod_network: OptionalNetwork = None
+    pod_ip: Annotated[IPAddress, BeforeValidator(_ip)]
+    pod_ips: Annotated[list[IPAddress], NoDecode, BeforeValidator(_ip_list)] = Field(default_factory=list)
+
+    # --- probing ----------------------------------------------------------
+    probe_interval: float = Field(0.1, gt=0, le=10, description="seconds between probes of a healthy target")
+    probe_burst_interval: float = Field(0.015, gt=0, le=10, description="seconds between probes once one is late")
+    probe_dead_interval: float = Field(0.35, gt=0, le=60, description="silence after which a target is down")
+    probe_min_lost: int = Field(12, ge=1, le=1000, description="unanswered probes also needed to call it down")
+    probe_rise: int = Field(3, ge=1, le=100, description="consecutive answers to call a target up again")
+    probe_late_after: float = Field(0.025, gt=0, le=10, description="a reply overdue by this much starts a burst")
+
+    # --- routes -----------------------------------------------------------
+    route_protocol: int = Field(118, ge=5, le=255, description="rtm_protocol marking routes this daemon owns")
+    route_resync_interval: float = Field(10.0, gt=0, description="seconds between full route checks")
+
+    # --- announcements ----------------------------------------------------
+    announce_interval: float = Field(2.0, gt=0, le=60)
+    announce_port: int = Field(5400, ge=1, le=65535)
+    announce_all_pod_ips: bool = Field(False, description="send both pod IPs (hvdp1 form; not readable by vpn2)")
+    announce_key_file: Path | None = Field(None, description="shared key: send the authenticated hvdp1 form")
+
+    # --- service ----------------------------------------------------------
+    http_host: str | None = None
+    http_port: int = Field(8080, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PathControllerSettings:
+        if not (self.shoot_service_networks or self.shoot_pod_networks or self.shoot_node_networks):
+            raise ValueError("SHOOT_SERVICE_NETWORKS, SHOOT_POD_NETWORKS, SHOOT_NODE_NETWORKS: all empty, nothing to route")
+        if self.probe_burst_interval > self.probe_interval:
+            raise ValueError("PROBE_BURST_INTERVAL: must not be longer than PROBE_INTERVAL")
+        if self.probe_dead_interval <= self.probe_burst_interval:
+            raise ValueError("PROBE_DEAD_INTERVAL: must be longer than PROBE_BURST_INTERVAL")
+        families = [ip.version for ip in self.pod_ips]
+        if len(families) != len(set(families)) or len(families) > 2:
+            raise ValueError("POD_IPS: at most one IPv4 and one IPv6 address")
+        if self.pod_ips and self.pod_ip not in self.pod_ips:
+            raise ValueError(f"POD_IPS: does not contain POD_IP {self.pod_ip}")
+        return self
+
+    @property
+    def plan(self) -> AddressPlan:
+        return AddressPlan(self.vpn_network)
+
+    @property
+    def targets(self) -> list[IPv6Address]:
+        return self.plan.shoot_clients(self.ha_vpn_clients)
+
+    @property
+    def all_pod_ips(self) -> list[IPAddress]:
+        """POD_IP first, then the other family from POD_IPS."""
+        return [self.pod_ip] + [ip for ip in self.pod_ips if ip != self.pod_ip]

@@ -1,0 +1,33 @@
+"""Prometheus metrics of the path-controller (labels: target index, reason — bounded)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
+
+from path_controller.probe import Health
+
+RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class PathMetrics:
+    def __init__(self, registry: CollectorRegistry):
+        ns = "path_controller"
+        self.target_up = Gauge(f"{ns}_target_up", "1 if the vpn-shoot answers probes (up or suspect).", ["target"], registry=registry)
+        self.target_state = Enum(
+            f"{ns}_target_state", "Probe state of each vpn-shoot.", ["target"],
+            states=[h.value for h in Health], registry=registry,
+        )
+        self.rtt = Histogram(f"{ns}_probe_rtt_seconds", "Echo round-trip time per vpn-shoot.", ["target"], buckets=RTT_BUCKETS, registry=registry)
+        self.probes_sent = Counter(f"{ns}_probes_sent_total", "Echo requests sent.", ["target"], registry=registry)
+        self.probes_lost = Counter(f"{ns}_probes_lost_total", "Echo requests never answered.", ["target"], registry=registry)
+        self.probe_send_errors = Counter(f"{ns}_probe_send_errors_total", "Echo requests the kernel refused.", ["target"], registry=registry)
+        self.primary = Gauge(f"{ns}_primary_target", "Index of the vpn-shoot the routes point to (-1: none).", registry=registry)
+        self.switches = Counter(f"{ns}_switches_total", "Primary changes; frequent ones mean an unstable path.", ["reason"], registry=registry)
+        self.stranded = Gauge(f"{ns}_no_healthy_path", "1 while the primary is down and no other vpn-shoot is healthy.", registry=registry)
+        self.routes_consistent = Gauge(f"{ns}_routes_consistent", "1 when every shoot route points at the primary.", registry=registry)
+        self.route_sync_errors = Counter(f"{ns}_route_sync_errors_total", "Failed netlink route operations.", registry=registry)
+        self.route_repairs = Counter(f"{ns}_route_repairs_total", "Routes rewritten because they differed from the desired state.", registry=registry)
+        self.announcements = Counter(f"{ns}_announcements_sent_total", "Announcements sent.", ["target"], registry=registry)
+        self.announcement_errors = Counter(f"{ns}_announcement_errors_total", "Announcements the kernel refused.", ["target"], registry=registry)
+        self.primary.set(-1)
+        self.routes_consistent.set(0)

@@ -1,0 +1,71 @@
+"""Which vpn-shoot carries this kube-apiserver's traffic (pure, no I/O).
+
+* Sticky: the primary changes only when it is DOWN and another target is
+  healthy; a recovered target does not take traffic back (no flapping).
+* Spread: each kube-apiserver has its own preference order over the targets,
+  a rotation fixed by a hash of its identity, so pods spread over the
+  vpn-shoots deterministically instead of at random.
+* Start-up: the first choice waits for the preferred target's verdict (up
+  to ``startup_grace``) instead of taking whichever answered first; an
+  adopted primary (routes found in the kernel) is kept like any other.
+* Never blackhole: with no healthy target the routes stay where they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from path_controller.probe import Health
+
+
+def preference_order(identity: str, targets: int) -> list[int]:
+    """Rotation of ``range(targets)`` starting at sha256(identity) mod targets."""
+    start = int.from_bytes(hashlib.sha256(identity.encode()).digest()[:4], "big") % targets
+    return [(start + k) % targets for k in range(targets)]
+
+
+@dataclass(frozen=True)
+class Switch:
+    old: int | None
+    new: int
+    reason: str  # "initial" | "primary down"
+
+
+class PathSelector:
+    def __init__(self, order: list[int], now: float, startup_grace: float, adopted: int | None = None):
+        self.order = order
+        self.primary = adopted
+        self.started = now
+        self.startup_grace = startup_grace
+        self.stranded = False  # primary down and nothing healthy to go to
+
+    def decide(self, states: Mapping[int, Health], now: float) -> Switch | None:
+        """A Switch when the primary must change, else None."""
+        if self.primary is None:
+            return self._first_choice(states, now)
+        if states[self.primary] is not Health.DOWN:
+            self.stranded = False
+            return None
+        for candidate in self.order:
+            if candidate != self.primary and states[candidate].healthy:
+                self.stranded = False
+                return self._switch(candidate, "primary down")
+        self.stranded = True
+        return None
+
+    def _first_choice(self, states: Mapping[int, Health], now: float) -> Switch | None:
+        in_grace = now - self.started < self.startup_grace
+        for candidate in self.order:
+            state = states[candidate]
+            if state.healthy:
+                return self._switch(candidate, "initial")
+            if state is Health.UNKNOWN and in_grace:
+                return None  # wait for the preferred target's verdict
+        return None
+
+    def _switch(self, new: int, reason: str) -> Switch:
+        switch = Switch(self.primary, new, reason)
+        self.primary = new
+        return switch

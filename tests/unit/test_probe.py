@@ -1,0 +1,130 @@
+"""The probe state machine with an injected clock: hysteresis, bursts, dead
+detection, no false verdicts under loss, stalls forgiven."""
+
+import pytest
+
+from path_controller.probe import TRANSITIONS, Health, ProbeTiming, TargetHealth
+from tests.unit.probe_sim import Path, simulate
+
+DEFAULT = ProbeTiming()
+
+
+def test_transition_table_is_closed_and_has_no_self_loops():
+    for state, targets in TRANSITIONS.items():
+        assert state not in targets
+        assert targets <= set(Health)
+
+
+def test_starts_unknown_and_rises_after_rise_answers():
+    health = TargetHealth(DEFAULT, 0.0)
+    assert health.state is Health.UNKNOWN
+    assert health.next_interval == DEFAULT.burst_interval  # quick first verdict
+    for i in range(DEFAULT.rise - 1):
+        health.sent(i * 0.02)
+        assert health.answered(0.001, i * 0.02 + 0.001) is None
+    health.sent(0.1)
+    transition = health.answered(0.001, 0.101)
+    assert (transition.old, transition.new) == (Health.UNKNOWN, Health.UP)
+    assert health.next_interval == DEFAULT.interval
+
+
+def up(timing=DEFAULT) -> TargetHealth:
+    health = TargetHealth(timing, 0.0)
+    for i in range(timing.rise):
+        health.sent(i * 0.01)
+        health.answered(0.001, i * 0.01 + 0.001)
+    assert health.state is Health.UP
+    return health
+
+
+def test_one_late_reply_makes_suspect_and_bursts_then_recovers():
+    health = up()
+    assert health.tick(0.95) is None  # the loop ticks at least every interval
+    health.sent(1.0)
+    transition = health.tick(1.0 + DEFAULT.late_after + 0.001)
+    assert transition.new is Health.SUSPECT
+    assert health.next_interval == DEFAULT.burst_interval
+    transition = health.answered(0.05, 1.05)
+    assert (transition.old, transition.new) == (Health.SUSPECT, Health.UP)
+
+
+def test_silence_alone_is_not_enough_without_lost_probes():
+    health = up()
+    # Nothing was sent (e.g. the loop did not run): no evidence against the target.
+    assert health.tick(0.2) is None
+    assert health.tick(0.25) is None
+    assert health.state is Health.UP
+
+
+def test_down_needs_both_silence_and_enough_lost_probes():
+    health = up()
+    t = 0.03
+    for i in range(DEFAULT.min_lost - 1):
+        health.sent(t)
+        t += 0.02
+        health.tick(t)
+    # Long silence but only min_lost-1 probes lost.
+    health.tick(0.03 + DEFAULT.dead_interval + 0.001)
+    assert health.state is Health.SUSPECT
+    health.sent(t)
+    transition = health.tick(max(t, 0.03 + DEFAULT.dead_interval) + DEFAULT.late_after + 0.001)
+    assert transition is not None and transition.new is Health.DOWN
+
+
+def test_down_then_rising_then_up_and_a_loss_while_rising_resets():
+    health = up()
+    t = 0.1
+    while health.state is not Health.DOWN:
+        health.sent(t)
+        t += 0.02
+        health.tick(t)
+    health.sent(t)
+    assert health.answered(0.001, t + 0.001).new is Health.RISING
+    health.sent(t + 0.1)
+    assert health.tick(t + 0.1 + DEFAULT.late_after + 0.01).new is Health.DOWN
+    for i in range(DEFAULT.rise):
+        health.sent(t + 1 + i * 0.1)
+        transition = health.answered(0.001, t + 1 + i * 0.1 + 0.001)
+    assert transition.new is Health.UP
+
+
+def test_dead_target_goes_down_about_dead_interval_after_its_last_answer():
+    for seed in range(20):
+        death = 5.0 + seed * 0.013
+        result, _ = simulate(DEFAULT, Path(dead_from=death), duration=8.0, seed=seed)
+        downs = result.times_entering(Health.DOWN)
+        assert len(downs) == 1
+        assert death < downs[0] <= death + DEFAULT.dead_interval + DEFAULT.burst_interval + 0.01
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_no_false_down_in_ten_minutes_at_20_percent_loss_each_way(seed):
+    result, _ = simulate(DEFAULT, Path(loss_each_way=0.2, rtt=0.002, jitter=0.003), duration=600, seed=seed)
+    assert result.times_entering(Health.DOWN) == []
+    # Probe cost stays within budget: at most 50 probes/s on average even under loss.
+    assert result.sent / 600 <= 50
+
+
+def test_probe_rate_when_healthy_is_the_slow_interval():
+    result, _ = simulate(DEFAULT, Path(rtt=0.002), duration=60)
+    assert result.sent / 60 == pytest.approx(1 / DEFAULT.interval, rel=0.05)
+
+
+def test_slow_path_stretches_dead_interval():
+    # 150 ms RTT: four RTTs (600 ms) of silence before a verdict, not 400 ms.
+    result, health = simulate(DEFAULT, Path(rtt=0.15, jitter=0.05, dead_from=10.0), duration=12.0)
+    downs = result.times_entering(Health.DOWN)
+    assert health.dead_interval > DEFAULT.dead_interval
+    assert len(downs) == 1 and downs[0] - 10.0 > DEFAULT.dead_interval
+
+
+def test_a_stalled_loop_is_not_silence():
+    result, _ = simulate(DEFAULT, Path(rtt=0.002), duration=5.0, stall=(2.0, 1.5))
+    assert result.times_entering(Health.DOWN) == []
+
+
+def test_recovery_after_death():
+    result, health = simulate(DEFAULT, Path(dead_from=2.0, alive_from=4.0), duration=6.0)
+    states = [tr.new for _, tr in result.transitions]
+    assert Health.DOWN in states and states[-1] is Health.UP
+    assert health.state is Health.UP
