@@ -76,6 +76,7 @@ async def setup(settings: BondingSettings, ipr: AsyncIPRoute) -> SetupReport:
 
     bond_index, outcome = await links.ensure_bond(ipr, BOND_DEVICE, bond_spec(settings), slaves)
     report.record(BOND_DEVICE, outcome)
+    report.adjusted += sysctl.apply_sysctls(sysctl.bond_neighbour_sysctls(BOND_DEVICE))
     if await links.ensure_only_address(ipr, bond_index, settings.plan.on_bond(own)):
         report.adjusted.append(f"{BOND_DEVICE} address")
 

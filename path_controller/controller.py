@@ -81,6 +81,7 @@ class PathController:
         self.applied_primary: int | None = None
         self.applied_oif: int | None = None
         self.log_limit = RateLimiter(interval=30.0, clock=clock)
+        self._answer_waiters: dict[int, asyncio.Future] = {}
         for j in self.health:
             self._export_state(j)
 
@@ -152,10 +153,18 @@ class PathController:
     # --- probing ----------------------------------------------------------
 
     async def _probe_loop(self, j: int) -> None:
+        """Probe target ``j`` forever; one loop per target, none waits for another.
+
+        Sends fall on a shared time grid so that the loops of all targets wake
+        together: on small machines each wake-up, not each packet, is what
+        costs CPU. A probe is judged only if no answer came by its deadline.
+        """
         target, health = self.targets[j], self.health[j]
         beat = f"probe {j}"
         self.heartbeats.register(beat, allowed_gap=max(5.0, 20 * self.timing.interval))
+        next_send = _on_grid(self.clock(), health.next_interval)
         while True:
+            await self._sleep_until(next_send)
             sent_at = self.clock()
             try:
                 await self.pinger.send(target)
@@ -165,14 +174,32 @@ class PathController:
                 if self.log_limit.allow(("probe-send", j)) is not None:
                     LOG.warning("cannot send probe", extra={"target": j, "error": str(exc)})
             health.sent(sent_at)
-            # Judge when the reply is due, then wait out the rest of the interval.
-            await asyncio.sleep(min(health.late_after, health.next_interval))
-            now = self.clock()
-            self._note(j, health.tick(now), now)
+            if not await self._answer_by(j, sent_at + min(health.late_after, health.next_interval)):
+                now = self.clock()
+                self._note(j, health.tick(now), now)
             self.heartbeats.beat(beat)
-            remaining = sent_at + health.next_interval - self.clock()
-            if remaining > 0:
-                await asyncio.sleep(remaining)
+            next_send = max(_on_grid(sent_at + health.next_interval, health.next_interval), self.clock())
+
+    async def _sleep_until(self, when: float) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        handle = loop.call_at(when, _settle, waiter, None)
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+
+    async def _answer_by(self, j: int, deadline: float) -> bool:
+        """True as soon as target ``j`` answers, False at ``deadline``."""
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._answer_waiters[j] = waiter
+        handle = loop.call_at(deadline, _settle, waiter, False)
+        try:
+            return await waiter
+        finally:
+            handle.cancel()
+            self._answer_waiters.pop(j, None)
 
     def _on_answer(self, target: IPv6Address, rtt: float, now: float) -> None:
         j = self.target_index.get(target)
@@ -180,6 +207,9 @@ class PathController:
             return
         self.metrics.rtt.labels(j).observe(rtt)
         self._note(j, self.health[j].answered(rtt, now), now)
+        waiter = self._answer_waiters.get(j)
+        if waiter is not None:
+            _settle(waiter, True)
 
     def _on_lost(self, target: IPv6Address) -> None:
         j = self.target_index.get(target)
@@ -276,8 +306,8 @@ class PathController:
         try:
             oif = await self._primary_tunnel(primary)
             present = await self.kernel.routes(self.route_plan.networks)
-        except (NetlinkError, OSError, LookupError) as exc:
-            return self._route_failure(f"cannot read the primary's tunnel or routes: {exc}")
+        except (NetlinkError, OSError, LookupError, links.KernelFeatureMissing) as exc:
+            return self._route_failure(f"cannot set up the primary's tunnel or read routes: {exc}")
         changes = route_changes(self.route_plan.networks, oif, self.settings.route_protocol, present)
         failed = []
         for network in changes.replace:
@@ -390,3 +420,13 @@ class PathController:
             problem = str(exc)
         if self.log_limit.allow("announce-open") is not None:
             LOG.warning("cannot announce yet", extra={"problem": problem})
+
+
+def _on_grid(t: float, step: float) -> float:
+    """``t`` rounded to a multiple of ``step``: loops with the same step wake together."""
+    return round(t / step) * step
+
+
+def _settle(waiter: asyncio.Future, value) -> None:
+    if not waiter.done():
+        waiter.set_result(value)

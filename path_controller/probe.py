@@ -78,11 +78,12 @@ class TargetHealth:
 
     def sent(self, now: float) -> None:
         self.unanswered.append(now)
+        self.last_tick = now  # we are running
 
     def answered(self, rtt: float, now: float) -> Transition | None:
         """A matching echo reply arrived (possibly late)."""
         self._update_rtt(rtt)
-        self.last_answer = now
+        self.last_answer = self.last_tick = now
         self.unanswered.clear()
         self.consecutive_answers += 1
         if self.state in (Health.UNKNOWN, Health.DOWN, Health.RISING):
@@ -97,7 +98,8 @@ class TargetHealth:
 
     def tick(self, now: float) -> Transition | None:
         """Re-evaluate silence at ``now`` (call at least every probe interval)."""
-        stalled = now - self.last_tick - 3 * self.timing.interval
+        # Between two signs of life the loop never waits longer than this.
+        stalled = now - self.last_tick - (self.timing.interval + self.late_after)
         if stalled > 0:
             # We were not running: forgive that time and the probes' lateness.
             self.last_answer += stalled

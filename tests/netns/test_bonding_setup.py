@@ -90,6 +90,9 @@ async def test_seed_side(netns, ipr_factory, run_bonding):
     assert nsutil.sysctl_get(netns, "net.ipv4.conf.default.log_martians") == "0"
     assert nsutil.sysctl_get(netns, "net.ipv4.tcp_rmem") == "65536 12582912 16777216"
     assert nsutil.sysctl_get(netns, "net.ipv6.conf.all.disable_ipv6") == "0"
+    assert nsutil.sysctl_get(netns, "net.ipv6.neigh.bond0.ucast_solicit") == "6"
+    assert nsutil.sysctl_get(netns, "net.ipv6.neigh.bond0.mcast_resolicit") == "3"
+    assert nsutil.sysctl_get(netns, "net.ipv6.neigh.bond0.retrans_time_ms") == "200"
     assert setup_log(result)["created_links"] == ["tap0", "tap1", "bond0", "bond0-ip6tnl0", "bond0-ip6tnl1"]
 
 

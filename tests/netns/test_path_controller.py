@@ -289,3 +289,26 @@ async def test_raw_socket_fallback_with_cap_net_raw(lab):
     proc = lab.start()
     await lab.wait_routes_via(PREFERRED)
     assert '"kind":"raw"' in proc.output()
+
+
+async def test_partial_switch_is_visible_and_retried_until_consistent(lab):
+    lab.start()
+    await lab.wait_routes_via(PREFERRED)
+    other = 1 - PREFERRED
+    # IPv6 off on the other tunnel: its IPv6 routes will be refused, IPv4 ones accepted.
+    sysctl = f"net.ipv6.conf.bond0-ip6tnl{other}.disable_ipv6"
+    nsutil.run_in(lab.seed.ns, ["sysctl", "-q", "-w", f"{sysctl}=1"])
+    await lab.bond_lab.cut(lab.shoots[PREFERRED])
+
+    async def partial():
+        status, body = await lab.ready()
+        return status == 503 and "partially switched" in body
+
+    await nsutil.wait_for(partial, timeout=10, message="readiness reports the partial switch")
+    metrics = await lab.metrics()
+    assert nsutil.metric_value(metrics, "path_controller_routes_consistent") == 0
+    assert nsutil.metric_value(metrics, "path_controller_route_sync_errors_total") >= 1
+
+    nsutil.run_in(lab.seed.ns, ["sysctl", "-q", "-w", f"{sysctl}=0"])
+    await lab.wait_routes_via(other, timeout=10)
+    await wait_ready(lab, timeout=10)

@@ -17,7 +17,7 @@ from ipaddress import IPv6Address
 
 from pyroute2 import AsyncIPRoute
 
-from bonding import links
+from bonding import links, sysctl
 from bonding.plan import BOND_DEVICE, AddressPlan, seed_tunnel_name
 from tests.netns import nsutil
 
@@ -80,6 +80,8 @@ class BondLab:
         spec = links.BondSpec(miimon=self.miimon)
         bond, _ = await links.ensure_bond(ipr, BOND_DEVICE, spec, slaves)
         peer.ifindex[BOND_DEVICE] = bond
+        # As `bonding setup` leaves it (the daemons' behaviour under loss depends on it).
+        nsutil.run_in(peer.ns, nsutil.sysctl_cmd(sysctl.bond_neighbour_sysctls(BOND_DEVICE)))
         await links.ensure_only_address(ipr, bond, PLAN.on_bond(address))
         if side == "seed":
             for j in range(self.shoot_clients):

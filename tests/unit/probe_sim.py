@@ -47,6 +47,7 @@ def simulate(timing: ProbeTiming, path: Path, duration: float, seed: int = 1, st
 
     push(0.0, "send")
     pending_sent_at: dict[str, float] = {}
+    answered_since_send = False
     while events:
         t, _, kind = heapq.heappop(events)
         if t > duration:
@@ -62,12 +63,17 @@ def simulate(timing: ProbeTiming, path: Path, duration: float, seed: int = 1, st
                 rtt = path.rtt + rng.random() * path.jitter
                 push(t + rtt, f"reply:{t!r}")
             pending_sent_at["last"] = t
+            answered_since_send = False
             push(t + min(health.late_after, health.next_interval), "judge")
         elif kind == "judge":
-            record(t, health.tick(t))
+            # The loop is woken early by an answer and then skips judging.
+            if not answered_since_send:
+                record(t, health.tick(t))
             sent_at = pending_sent_at["last"]
-            push(max(t, sent_at + health.next_interval), "send")
+            step = health.next_interval
+            push(max(t, round((sent_at + step) / step) * step), "send")
         elif kind.startswith("reply:"):
             sent_at = float(kind.split(":", 1)[1])
+            answered_since_send = True
             record(t, health.answered(t - sent_at, t))
     return result, health

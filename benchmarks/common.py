@@ -1,0 +1,97 @@
+"""What the benchmarks share: namespaces and netlink handles with cleanup,
+process sampling (RSS, CPU), percentiles, result output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from pyroute2 import AsyncIPRoute
+
+from tests.netns import nsutil
+
+RESULTS = nsutil.REPO / "results"
+
+
+class Namespaces:
+    """``make_netns`` / ``ipr_factory`` / ``processes`` like the test fixtures, torn down on exit."""
+
+    def __init__(self, log_dir: Path):
+        self.created: list[str] = []
+        self.iprs: list[AsyncIPRoute] = []
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.processes = nsutil.ProcessGroup(log_dir)
+
+    def make_netns(self, prefix: str = "b") -> str:
+        name = nsutil.create_netns(prefix)
+        self.created.append(name)
+        return name
+
+    async def ipr_factory(self, ns: str) -> AsyncIPRoute:
+        ipr = AsyncIPRoute(netns=ns)
+        self.iprs.append(ipr)
+        return ipr
+
+    async def __aenter__(self) -> Namespaces:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.processes.kill_all()
+        for ipr in self.iprs:
+            ipr.close()
+        for ns in reversed(self.created):
+            nsutil.delete_netns(ns)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(values: list[float]) -> dict:
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50),
+        "p99": percentile(values, 99),
+        "max": max(values) if values else float("nan"),
+        "mean": statistics.fmean(values) if values else float("nan"),
+    }
+
+
+def environment() -> dict:
+    return {
+        "kernel": platform.release(),
+        "sandbox": os.environ.get("SANDBOX_KERNEL", "host"),
+        "python": sys.version.split()[0],
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_result(name: str, result: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(json.dumps(result, default=str, separators=(",", ":")))
+    return path
+
+
