@@ -304,6 +304,8 @@ class TunnelController:
                 raise task.exception() or RuntimeError(f"{task.get_name()} loop ended")
         finally:
             await cancel_and_wait(tasks)
+            if late := [task.get_name() for task in tasks if not task.done()]:
+                LOG.warning("tasks still stopping after 0.5 s", extra={"tasks": late})
             if self.stream is not None:
                 self.stream.close()
                 self.metrics.listening.set(0)

@@ -244,7 +244,10 @@ class Reconciler:
         if outcome != "kept":
             self.metrics.operations.labels({"created": "tunnel_create", "replaced": "tunnel_replace",
                                             "adjusted": "tunnel_adjust"}[outcome]).inc()
-            LOG.info(f"tunnel {outcome}", extra={"device": spec.name, "remote": str(spec.remote)})
+            # Creation is routine (the peer's "new kube-apiserver" and "tunnel ready" say enough);
+            # replacing or fixing a device that was there is worth an operator's attention.
+            level = logging.DEBUG if outcome == "created" else logging.INFO
+            LOG.log(level, f"tunnel {outcome}", extra={"device": spec.name, "remote": str(spec.remote)})
         return True
 
     async def _replace_route(self, dst, device: str, desired) -> bool:
