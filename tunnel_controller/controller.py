@@ -83,7 +83,7 @@ class TunnelController:
             settings, self.registry, kernel, self.metrics, clock, beat=lambda: self.heartbeats.beat("reconcile")
         )
         self.stream = None
-        self._accepted = asyncio.Event()
+        self._last_accepted = float("-inf")
         self._log_limits = RateLimiter(10.0, clock)
 
     # --- start ------------------------------------------------------------
@@ -163,7 +163,7 @@ class TunnelController:
             self._reject(exc.reason, source, exc.detail)
             return
         self.metrics.accepted.labels(announcement.form).inc()
-        self._accepted.set()  # restarts the receive timeout
+        self._last_accepted = now  # restarts the receive timeout
         self.watchdog.record(False, now)  # a success: it can never trip the watchdog
         peer = seen.peer
         if seen.outcome is Outcome.NEW:
@@ -239,15 +239,18 @@ class TunnelController:
     # --- watchdog ---------------------------------------------------------------
 
     async def _watchdog_loop(self) -> None:
+        """One failure per WATCHDOG_TIMEOUT without an accepted announcement, measured from the
+        last announcement or failure (vpn2's read deadline), without waking per datagram."""
+        timeout = self.settings.watchdog_timeout
+        last_event = self.clock()
         while True:
             self.heartbeats.beat("watchdog")
-            try:
-                await asyncio.wait_for(self._accepted.wait(), self.settings.watchdog_timeout)
-                self._accepted.clear()
-                continue
-            except asyncio.TimeoutError:
-                pass
+            due = max(self._last_accepted, last_event) + timeout
             now = self.clock()
+            if now < due:
+                await asyncio.sleep(due - now)
+                continue
+            last_event = now
             self.metrics.watchdog_timeouts.inc()
             if self.watchdog.record(True, now):
                 await self.restart_openvpn()

@@ -60,6 +60,8 @@ class KernelView:
 
     def forget_tunnel(self, name: str) -> None:
         """The device is gone (or was replaced): so are the routes through it."""
+        if name not in self.indexes and name not in self.tunnels:
+            return  # never tracked: no routes through it either
         self.tunnels.pop(name, None)
         index = self.indexes.pop(name, None)
         if index is not None:

@@ -82,7 +82,7 @@ class Reconciler:
         """Take over the tunnels and back-routes a previous instance left: they stay as they
         are (nothing is recreated that matches) and expire unless someone announces."""
         found = await self.kernel.find()
-        adopted = self._merge_found(found, adopt_unknown=True)
+        adopted = self._merge_found(found)
         self._resync_at = self.clock() + self.settings.resync_interval
         if adopted:
             LOG.info(
@@ -92,7 +92,7 @@ class Reconciler:
             )
         self.update_gauges()
 
-    def _merge_found(self, found: Found, *, adopt_unknown: bool) -> list:
+    def _merge_found(self, found: Found) -> list:
         """Rebuild the view from what the kernel has; adopt tunnels nobody knows."""
         now = self.clock()
         view = KernelView()
@@ -110,7 +110,7 @@ class Reconciler:
             )
             if not ours:
                 continue  # not something we would have made: leave it alone
-            if adopt_unknown and self.registry.get(remote) is None and tunnel.name not in self._deleting:
+            if self.registry.get(remote) is None and tunnel.name not in self._deleting:
                 routed = routes_by_index.get(tunnel.index, ())
                 pod_ips = tuple(sorted((r.dst.network_address for r in routed), key=lambda ip: (ip.version, ip)))
                 adopted.append(self.registry.adopt(remote, pod_ips, now))
@@ -143,7 +143,9 @@ class Reconciler:
             LOG.warning("resync failed", extra={"error": str(exc)})
             return
         before = self.view
-        self._merge_found(found, adopt_unknown=True)
+        if adopted := self._merge_found(found):
+            LOG.info("adopted tunnels that appeared behind our back",
+                     extra={"peers": len(adopted), "devices": sorted(p.device for p in adopted)})
         self.metrics.resyncs.inc()
         for name, spec in before.tunnels.items():
             if name not in self.view.tunnels and self._owner(name) is not None:
@@ -332,7 +334,12 @@ class Reconciler:
                 self.wake.set()
         elif isinstance(event, RouteGone):
             entry = self.view.routes.get(event.dst)
-            if entry is None or event.dst in self._busy or self.view.indexes.get(entry.device) != event.index:
+            if (
+                entry is None
+                or event.dst in self._busy
+                or entry.device in self._busy  # its device is being replaced or deleted by us
+                or self.view.indexes.get(entry.device) != event.index
+            ):
                 return
             del self.view.routes[event.dst]
             if self._owner(entry.device) is not None:

@@ -258,3 +258,19 @@ async def test_kernel_events_lead_to_repairs():
     assert ctl.metrics.repairs.labels("tunnel")._value.get() == 2
     assert ctl.metrics.repairs.labels("route")._value.get() == 1
     assert ctl.readiness() == (True, "ok")
+
+
+async def test_resync_catches_what_events_missed():
+    ctl, kernel, _ = controller()
+    send(ctl, A, "10.96.0.1")
+    await ctl.reconciler.reconcile()
+    kernel.log.clear()
+    del kernel.tunnels[TA]  # gone without an event
+    kernel.routes.clear()
+    kernel.tunnels[TB] = (50, TunnelSpec(TB, LOCAL, B), True)  # appeared: somebody else's leftover
+    await ctl.reconciler.resync()
+    await ctl.reconciler.reconcile()
+    assert kernel.log == [f"link add {TA} remote {A}", f"route replace 10.96.0.1/32 dev {TA}"]
+    assert ctl.metrics.repairs.labels("tunnel")._value.get() == 1
+    assert ctl.registry.get(B).adopted, "adopted like at start: it expires unless announced"
+    assert ctl.metrics.resyncs._value.get() == 1
