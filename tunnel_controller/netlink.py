@@ -206,10 +206,3 @@ class EventWatch:
         if self.ipr is not None:
             self.ipr.close()
             self.ipr = None
-
-
-def is_closed_error(exc: BaseException) -> bool:
-    return isinstance(exc, NetlinkError | OSError) and getattr(exc, "code", getattr(exc, "errno", None)) in (
-        errno.ECONNRESET,
-        errno.EBADF,
-    )
