@@ -340,6 +340,7 @@ async def ensure_ip6tnl(ipr: AsyncIPRoute, name: str, local: IPv6Address, remote
                 ip6tnl_encap_limit=0,
                 ip6tnl_flags=IP6_TNL_F_IGN_ENCAP_LIMIT,
                 ip6tnl_proto=0,
+                state="up",  # in the same request: one netlink round trip less per tunnel
             )
         except NetlinkError as exc:
             if exc.code == errno.EOPNOTSUPP:

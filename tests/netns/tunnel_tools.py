@@ -1,0 +1,359 @@
+"""Helpers for the tunnel-controller's kernel tests: start the daemon in a
+namespace, announce from a seed peer, talk HTTP to the daemon, read its
+metrics and logs, watch traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+
+from pyroute2 import netns as pr_netns
+
+from announcement import ANNOUNCE_PORT
+from bonding.plan import shoot_tunnel_name
+from tests.netns import nsutil
+from tests.netns.topology import Peer
+
+ROUTE_PROTOCOL = 119
+STARTUP_TIMEOUT = 60.0  # Python starts in ~2 s under UML; a loaded CI box can take much longer
+
+
+def ns_socket(ns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
+    """A socket living in namespace ``ns`` (the test process stays where it is)."""
+    return pr_netns.create_socket(ns, family, kind, proto, flags=0)
+
+
+# --- the daemon -------------------------------------------------------------
+
+
+class Daemon:
+    """``python -m tunnel_controller`` started in a namespace, with log parsing."""
+
+    def __init__(self, processes: nsutil.ProcessGroup, ns: str, name: str = "tunnel-controller", **env):
+        self.ns = ns
+        settings = {"LOG_LEVEL": "debug", **env}
+        self.proc = processes.start(
+            ns, [nsutil.PYTHON, "-m", "tunnel_controller"], env=nsutil.daemon_env(**settings), name=name
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.popen.pid
+
+    def events(self) -> list[dict]:
+        """The JSON log lines so far (other lines are skipped)."""
+        entries = []
+        for line in self.proc.output().splitlines():
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                continue
+        return entries
+
+    def logged(self, msg: str, **fields) -> list[dict]:
+        return [e for e in self.events() if e.get("msg") == msg and all(e.get(k) == v for k, v in fields.items())]
+
+    async def wait_logged(self, msg: str, timeout: float = STARTUP_TIMEOUT, **fields) -> dict:
+        """The last log entry ``msg`` with ``fields``; fails at once if the daemon exits first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if found := self.logged(msg, **fields):
+                return found[-1]
+            if self.proc.popen.poll() is not None:
+                raise AssertionError(f"daemon exited ({self.proc.popen.returncode}):\n{self.proc.output()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no log {msg!r} {fields} after {timeout:g} s:\n{self.proc.output()[-3000:]}")
+            await asyncio.sleep(0.05)
+
+    async def wait_listening(self) -> dict:
+        return await self.wait_logged("listening for announcements")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        return self.proc.stop(timeout=timeout)
+
+
+# --- announcing ---------------------------------------------------------------
+
+
+class Announcer:
+    """A UDP6 socket in a seed peer's namespace, bound to its bond address."""
+
+    def __init__(self, seed: Peer, shoot: Peer, source: IPv6Address | None = None):
+        self.target = (str(shoot.address), ANNOUNCE_PORT)
+        self.sock = ns_socket(seed.ns, socket.AF_INET6, socket.SOCK_DGRAM)
+        self.sock.bind((str(source or seed.address), 0))
+
+    def send(self, payload: bytes | str) -> None:
+        self.sock.sendto(payload.encode() if isinstance(payload, str) else payload, self.target)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def announce_every(announcer: Announcer, payload: bytes | str, interval: float, stop: asyncio.Event) -> None:
+    """Announce like a path-controller does, until ``stop``."""
+    while not stop.is_set():
+        announcer.send(payload)
+        try:
+            await asyncio.wait_for(stop.wait(), interval)
+        except asyncio.TimeoutError:
+            pass
+
+
+# --- HTTP and metrics -----------------------------------------------------------
+
+
+async def http_get(ns: str, path: str, port: int = 8080, timeout: float = 10.0) -> tuple[int, str]:
+    sock = ns_socket(ns, socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+            reader, writer = await asyncio.open_connection(sock=sock)
+            writer.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+            await writer.drain()
+            data = await reader.read()
+            writer.close()
+    except BaseException:
+        sock.close()
+        raise
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def metrics(ns: str, port: int = 8080) -> dict[str, float]:
+    """``{'name{label="x"}': value}`` from /metrics."""
+    status, body = await http_get(ns, "/metrics", port)
+    assert status == 200
+    result = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            result[key] = float(value)
+    return result
+
+
+def metric(values: dict[str, float], name: str, **labels) -> float:
+    key = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+    return values.get(key, 0.0)
+
+
+# --- kernel state -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    name: str
+    index: int
+    kind: str
+    local: IPv6Address | None
+    remote: IPv6Address | None
+    proto: int | None
+    encap_limit: int | None
+    flags: int
+    up: bool
+
+
+async def tunnels(ipr) -> dict[str, Tunnel]:
+    """Every ``bond0ip6tnl*`` device, attributes read back through netlink."""
+    found = {}
+    async for link in await ipr.link("dump"):
+        name = link.get("IFLA_IFNAME")
+        if not name or not name.startswith("bond0ip6tnl"):
+            continue
+        data = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA") or {}
+        local, remote = data.get("IFLA_IP6TNL_LOCAL"), data.get("IFLA_IP6TNL_REMOTE")
+        found[name] = Tunnel(
+            name,
+            link["index"],
+            link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND"),
+            IPv6Address(local) if local else None,
+            IPv6Address(remote) if remote else None,
+            data.get("IFLA_IP6TNL_PROTO"),
+            data.get("IFLA_IP6TNL_ENCAP_LIMIT"),
+            data.get("IFLA_IP6TNL_FLAGS") or 0,
+            bool(link["flags"] & 1),
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class Route:
+    dst: str
+    device: str | None
+    proto: int
+
+
+async def host_routes(ipr) -> dict[str, Route]:
+    """Main-table /32 and /128 routes through a ``bond0ip6tnl*`` device, by destination."""
+    names = {t.index: t.name for t in (await tunnels(ipr)).values()}
+    found = {}
+    for family in (socket.AF_INET, socket.AF_INET6):
+        async for msg in await ipr.route("dump", family=family):
+            oif = msg.get("RTA_OIF")
+            cached = msg["flags"] & 0x200  # RTM_F_CLONED: a PMTU exception, not a route
+            host = msg["dst_len"] in (32, 128) and msg.get("RTA_DST")
+            if oif in names and not cached and msg.get("RTA_TABLE") == 254 and host:
+                dst = str(ip_network(msg.get("RTA_DST")))
+                found[dst] = Route(dst, names[oif], msg["proto"])
+    return found
+
+
+def tunnel_name(seed: Peer) -> str:
+    return shoot_tunnel_name(seed.address)
+
+
+async def kernel_picture(ipr) -> tuple:
+    """Everything the daemon could have changed: links (name, kind, index) and all routes."""
+    links = sorted(
+        [
+            (link.get("IFLA_IFNAME"), link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND"), link["index"])
+            async for link in await ipr.link("dump")
+        ]
+    )
+    routes = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        async for msg in await ipr.route("dump", family=family):
+            routes.append((family, msg.get("RTA_DST"), msg["dst_len"], msg.get("RTA_OIF"), msg.get("RTA_TABLE")))
+    return links, sorted(routes, key=str)
+
+
+# --- traffic --------------------------------------------------------------------
+
+
+async def add_host_address(ipr, address: str) -> None:
+    """``address`` on lo (a pod IP on the seed side, a node/pod address on the shoot side)."""
+    ip = ip_address(address)
+    await ipr.addr("add", index=1, address=address, prefixlen=32 if ip.version == 4 else 128)
+
+
+async def route_via(ipr, dst: str, device: str) -> None:
+    (index,) = await ipr.link_lookup(ifname=device)
+    await ipr.route("replace", dst=dst, oif=index)
+
+
+def ping_once(ns: str, dst: str, src: str | None = None, timeout: float = 1.0) -> bool:
+    argv = ["ping", "-n", "-c1", f"-W{timeout:g}", dst] + (["-I", src] if src else [])
+    return nsutil.run_in(ns, argv, check=False).returncode == 0
+
+
+@dataclass
+class PingResult:
+    transmitted: int
+    received: int
+    output: str = field(repr=False, default="")
+
+    @property
+    def lost(self) -> int:
+        return self.transmitted - self.received
+
+
+class ContinuousPing:
+    """``ping -i <interval> -c <count>`` in a namespace; counts what was lost."""
+
+    def __init__(self, processes, ns: str, dst: str, src: str, interval: float = 0.05, count: int = 200):
+        argv = ["ping", "-n", "-i", f"{interval:g}", "-c", str(count), "-W", "1", "-I", src, dst]
+        self.proc = processes.start(ns, argv, name="ping")
+
+    def replies(self) -> int:
+        return len(re.findall(r"icmp_seq=\d+", self.proc.output()))
+
+    async def wait_replies(self, count: int, timeout: float = 20.0) -> None:
+        await nsutil.wait_for(lambda: self.replies() >= count, timeout=timeout, message=f"{count} ping replies")
+
+    async def result(self, timeout: float = 60.0) -> PingResult:
+        await asyncio.to_thread(self.proc.popen.wait, timeout)
+        output = self.proc.output()
+        match = re.search(r"(\d+) packets transmitted, (\d+) received", output)
+        assert match, output
+        return PingResult(int(match.group(1)), int(match.group(2)), output)
+
+
+def is_v4(address: str) -> bool:
+    return isinstance(ip_address(address), IPv4Address)
+
+
+def run(ns: str, *argv: str) -> subprocess.CompletedProcess:
+    return nsutil.run_in(ns, list(argv), check=False)
+
+
+# --- crafted datagrams ------------------------------------------------------------
+
+
+class RawSender:
+    """Frames built with scapy, written to a peer's bond0 through a packet socket:
+    any source address can be claimed (spoofing), any payload sent."""
+
+    def __init__(self, ns: str, src_mac: str, dst_mac: str):
+        self.src_mac, self.dst_mac = src_mac, dst_mac
+        self.sock = ns_socket(ns, socket.AF_PACKET, socket.SOCK_RAW)
+        self.sock.bind(("bond0", 0))
+
+    @classmethod
+    async def between(cls, sender_ns: str, sender_ipr, receiver_ipr) -> RawSender:
+        async def mac(ipr) -> str:
+            (link,) = await ipr.link("get", ifname="bond0")
+            return link.get("IFLA_ADDRESS")
+
+        return cls(sender_ns, await mac(sender_ipr), await mac(receiver_ipr))
+
+    def udp(self, src: str, dst: str, payload: bytes, dport: int = ANNOUNCE_PORT) -> None:
+        from scapy.layers.inet import UDP
+        from scapy.layers.inet6 import IPv6
+        from scapy.layers.l2 import Ether
+
+        frame = Ether(src=self.src_mac, dst=self.dst_mac) / IPv6(src=src, dst=dst) / UDP(sport=40000, dport=dport)
+        self.sock.send(bytes(frame / payload))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def add_bond_addresses(ipr, addresses) -> None:
+    """Extra addresses on a peer's bond0 (more senders without more namespaces)."""
+    (bond,) = await ipr.link_lookup(ifname="bond0")
+    for address in addresses:
+        await ipr.addr("add", index=bond, address=str(address), prefixlen=128, flags=0x02)
+
+
+def rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+class RouteEvents:
+    """Route additions and removals seen in a namespace, in order: (event, destination)."""
+
+    def __init__(self, ipr):
+        self.ipr = ipr
+        self.seen: list[tuple[str, str]] = []
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> RouteEvents:
+        from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE
+
+        await self.ipr.bind(RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
+        self._task = asyncio.create_task(self._collect())
+        return self
+
+    async def _collect(self) -> None:
+        while True:
+            async for msg in self.ipr.get():
+                if msg.get("event") in ("RTM_NEWROUTE", "RTM_DELROUTE") and msg.get("RTA_DST"):
+                    self.seen.append((msg["event"], f"{msg.get('RTA_DST')}/{msg['dst_len']}"))
+
+    def position(self, event: str, dst: str) -> int:
+        return self.seen.index((event, dst))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

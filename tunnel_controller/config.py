@@ -1,0 +1,102 @@
+"""Settings of the tunnel-controller: vpn2's environment variables plus ours.
+
+Durations accept a number of seconds (``4``, ``0.5``) or Go-style units
+(``500ms``, ``4s``, ``10m``, ``1h``, ``1m30s``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from announcement import load_key
+from bonding.config import VpnNetwork
+from bonding.plan import DEFAULT_VPN_NETWORK, AddressPlan, parse_vpn_network
+from daemonkit.config import EnvSettings
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: object) -> object:
+    """Seconds from ``4``, ``0.5``, ``500ms``, ``10m`` or ``1m30s``; other types pass through."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f"{value!r} is not a duration (e.g. 4, 500ms, 4s, 10m)")
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class TunnelSettings(EnvSettings):
+    # --- vpn2's names ---------------------------------------------------------
+    ha_vpn_clients: int = Field(
+        2, ge=1, le=256, description="vpn2 compatibility: accepted and validated; vpn2 misused it as server count"
+    )
+    vpn_network: VpnNetwork = Field(parse_vpn_network(DEFAULT_VPN_NETWORK), description="IPv6 /96")
+    watchdog_window_size: int = Field(20, ge=1, le=10_000, description="receive events in the sliding window")
+    watchdog_threshold: int = Field(10, ge=1, description="timeouts in the window that restart OpenVPN")
+    watchdog_cooldown: int = Field(20, ge=1, description="events ignored after a restart")
+    # --- ours -------------------------------------------------------------------
+    ha_vpn_servers: int = Field(2, ge=1, le=16, description="OpenVPN servers = management ports to signal")
+    watchdog_timeout: Duration = Field(4.0, gt=0, description="no accepted announcement for this long = one failure")
+    watchdog_grace: Duration = Field(30.0, ge=0, description="after start, the watchdog ignores events this long")
+    management_host: str = Field("127.0.0.1", description="OpenVPN management interface host")
+    management_port: int = Field(7505, ge=1, le=65535 - 16, description="port of server 0; server i uses port + i")
+    peer_expiry: Duration = Field(600.0, gt=0, description="a peer silent this long is removed")
+    max_peers: int = Field(256, ge=1, le=0xFFFF, description="peers (tunnels) at most")
+    rate_limit_per_source: float = Field(5.0, gt=0, description="datagrams per second per sender, sustained")
+    rate_limit_burst: int = Field(10, ge=1, description="datagrams a sender may send at once")
+    announce_key_file: Path | None = Field(None, description="shared key: accept only authenticated announcements")
+    announce_max_age: Duration = Field(30.0, gt=0, description="authenticated: timestamp tolerance")
+    route_protocol: int = Field(119, ge=5, le=255, description="rtm_protocol marking the back-routes")
+    tunnel_retry_min: Duration = Field(1.0, gt=0, description="first retry after a failed tunnel or route")
+    tunnel_retry_max: Duration = Field(30.0, gt=0, description="longest retry interval (vpn2: fixed 30 s)")
+    resync_interval: Duration = Field(60.0, gt=0, description="full comparison with the kernel this often")
+    listen_timeout: Duration = Field(15.0, gt=0, description="wait this long for a usable bond0 address")
+    http_host: str = Field("", description="HTTP listen address; empty = all")
+    http_port: int = Field(8080, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("announce_key_file")
+    @classmethod
+    def _key_is_usable(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            load_key(value)  # ValueError names the file and the problem
+        return value
+
+    @field_validator("announce_key_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TunnelSettings:
+        if self.watchdog_threshold > self.watchdog_window_size:
+            window = self.watchdog_window_size
+            raise ValueError(f"WATCHDOG_THRESHOLD: {self.watchdog_threshold} exceeds WATCHDOG_WINDOW_SIZE={window}")
+        if self.tunnel_retry_min > self.tunnel_retry_max:
+            raise ValueError("TUNNEL_RETRY_MIN: must not exceed TUNNEL_RETRY_MAX")
+        return self
+
+    @property
+    def plan(self) -> AddressPlan:
+        return AddressPlan(self.vpn_network)
+
+    def announce_key(self) -> bytes | None:
+        return None if self.announce_key_file is None else load_key(self.announce_key_file)
+
+    def management_ports(self) -> list[int]:
+        """One per OpenVPN server (vpn2 iterated HA_VPN_CLIENTS here, which is a client count)."""
+        return [self.management_port + i for i in range(self.ha_vpn_servers)]
