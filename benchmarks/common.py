@@ -21,15 +21,18 @@ RESULTS = nsutil.REPO / "results"
 class Namespaces:
     """``make_netns`` / ``ipr_factory`` / ``processes`` like the test fixtures, torn down on exit."""
 
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, long_lived: bool = False):
         self.created: list[str] = []
         self.iprs: list[AsyncIPRoute] = []
+        self.long_lived = long_lived
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.processes = nsutil.ProcessGroup(log_dir)
+        self.processes = nsutil.ProcessGroup(log_dir, long_lived=long_lived)
 
     def make_netns(self, prefix: str = "b") -> str:
         name = nsutil.create_netns(prefix)
         self.created.append(name)
+        if self.long_lived:
+            nsutil.LONG_LIVED_NAMESPACES.add(name)
         return name
 
     async def ipr_factory(self, ns: str) -> AsyncIPRoute:
@@ -46,6 +49,7 @@ class Namespaces:
             ipr.close()
         for ns in reversed(self.created):
             nsutil.delete_netns(ns)
+            nsutil.LONG_LIVED_NAMESPACES.discard(ns)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -59,6 +59,10 @@ class Member:
 class Server(Member):
     index: int = 0
 
+    @property
+    def shoot_facing_ip(self) -> str:
+        return f"172.16.255.{self.index + 1}"
+
 
 @dataclass
 class ApiServer(Member):
@@ -162,12 +166,14 @@ class HaTopology:
     def _add_server(self, i: int) -> Server:
         server = Server(f"vpn-seed-server-{i}", self.make_netns(f"srv{i}"), f"10.96.255.{i + 1}", index=i)
         server.outer = self._plug(server.ns, f"{server.underlay_ip}/16")
+        # The address vpn-shoots connect to, in their own subnet of the underlay.
+        nsutil.run_in(server.ns, ["ip", "addr", "add", f"{server.shoot_facing_ip}/16", "dev", "eth0"])
         self.start_server(server)
         return server
 
     def start_server(self, server: Server) -> None:
         config = self.workdir / f"{server.name}.conf"
-        config.write_text(server_config(self.pki, server.underlay_ip, up_script(self.workdir)))
+        config.write_text(server_config(self.pki, "0.0.0.0", up_script(self.workdir)))
         server.processes["openvpn"] = self.processes.start(
             server.ns, ["openvpn", "--config", str(config)], name=server.name
         )
@@ -176,7 +182,8 @@ class HaTopology:
         for i, server in enumerate(self.servers):
             config = self.workdir / f"{member.name}-tap{i}.conf"
             port = MANAGEMENT_PORT + i if management else None
-            config.write_text(client_config(self.pki, f"tap{i}", server.underlay_ip, port))
+            remote = server.shoot_facing_ip if isinstance(member, Shoot) else server.underlay_ip
+            config.write_text(client_config(self.pki, f"tap{i}", remote, port))
             member.processes[f"openvpn{i}"] = self.processes.start(
                 member.ns, ["openvpn", "--config", str(config)], name=f"{member.name}-tap{i}"
             )
@@ -192,7 +199,7 @@ class HaTopology:
             raise RuntimeError(f"bonding setup in {member.name} failed: {result.stderr}")
 
     async def _add_shoot(self, j: int) -> Shoot:
-        shoot = Shoot(f"vpn-shoot-{j}", self.make_netns(f"shoot{j}"), f"10.96.200.{j + 1}", index=j)
+        shoot = Shoot(f"vpn-shoot-{j}", self.make_netns(f"shoot{j}"), f"172.16.0.{j + 1}", index=j)
         shoot.outer = self._plug(shoot.ns, f"{shoot.underlay_ip}/16")
         self._plug(shoot.ns, f"10.250.1.{j + 1}/16", dev="eth1", bridge_ns=self.shoot_net, bridge="sn")
         nsutil.run_in(shoot.ns, ["ip", "-6", "addr", "add", f"fd00:250::1:{j + 1}/64", "dev", "eth1", "nodad"])
@@ -280,16 +287,32 @@ class HaTopology:
             return False
         return status == 200
 
+    async def readiness(self) -> dict[str, str]:
+        """/readyz body of every daemon that is not ready (empty when converged)."""
+        async def one(member: Member) -> tuple[str, str | None]:
+            try:
+                status, body = await self.http(member, "/readyz")
+            except OSError as exc:
+                return member.name, f"no answer: {exc}"
+            return member.name, None if status == 200 else body.strip()
+
+        results = await asyncio.gather(*(one(m) for m in (*self.apiservers, *self.shoots)))
+        return {name: problem for name, problem in results if problem is not None}
+
     async def wait_converged(self, timeout: float = 120.0) -> None:
         """Every daemon ready: apiservers route through a healthy vpn-shoot,
         every vpn-shoot has a tunnel to every apiserver."""
-        members = [m for m in (*self.apiservers, *self.shoots)]
+        problems: dict[str, str] = {}
 
-        async def all_ready():
-            results = await asyncio.gather(*(self.ready(m) for m in members))
-            return all(results)
+        async def converged():
+            nonlocal problems
+            problems = await self.readiness()
+            return not problems
 
-        await nsutil.wait_for(all_ready, timeout=timeout, interval=0.5, message="every daemon ready")
+        try:
+            await nsutil.wait_for(converged, timeout=timeout, interval=0.5, message="every daemon ready")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {problems}") from None
 
     async def shoot_tunnels(self, shoot: Shoot) -> dict[IPv6Address, str]:
         """remote → device name of the shoot's bond0ip6tnl* devices."""

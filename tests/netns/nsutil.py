@@ -112,11 +112,18 @@ class Process:
         return self.popen.returncode
 
 
-class ProcessGroup:
-    """Processes started by one test; all are killed at teardown."""
+# Namespaces and processes owned by fixtures broader than one test (a module's
+# topology): the per-test leak check leaves them to their owner.
+LONG_LIVED_NAMESPACES: set[str] = set()
+LONG_LIVED_PIDS: set[int] = set()
 
-    def __init__(self, log_dir: Path):
+
+class ProcessGroup:
+    """Processes started by one test (or, ``long_lived``, one module); all are killed at teardown."""
+
+    def __init__(self, log_dir: Path, long_lived: bool = False):
         self.log_dir = log_dir
+        self.long_lived = long_lived
         self.processes: list[Process] = []
 
     def start(self, ns: str | None, argv: Sequence[str], env: dict[str, str] | None = None, name: str = "proc"):
@@ -127,6 +134,8 @@ class ProcessGroup:
         log.close()
         proc = Process(popen, log_path, full)
         self.processes.append(proc)
+        if self.long_lived:
+            LONG_LIVED_PIDS.add(popen.pid)
         return proc
 
     def kill_all(self) -> None:
@@ -137,6 +146,7 @@ class ProcessGroup:
                     proc.popen.wait(10)
                 except subprocess.TimeoutExpired:
                     pass
+            LONG_LIVED_PIDS.discard(proc.popen.pid)
 
 
 async def wait_for(
@@ -212,11 +222,12 @@ class Snapshot:
 
     def leaks_since(self, before: Snapshot) -> list[str]:
         leaks = []
-        if extra := self.namespaces - before.namespaces:
+        if extra := self.namespaces - before.namespaces - LONG_LIVED_NAMESPACES:
             leaks.append(f"namespaces {sorted(extra)}")
         if extra := self.links - before.links:
             leaks.append(f"devices in the root namespace {sorted(extra)}")
-        if extra := {p: c for p, c in self.processes.items() if p not in before.processes}:
+        new = {p: c for p, c in self.processes.items() if p not in before.processes}
+        if extra := {p: c for p, c in new.items() if p not in LONG_LIVED_PIDS}:
             leaks.append(f"processes {extra}")
         if extra := self.tmp - before.tmp:
             leaks.append(f"files in /tmp {sorted(extra)}")

@@ -18,20 +18,24 @@ ECHO_PORT = 7007
 
 
 class UdpEchoServer:
-    """Echoes every datagram back, on all IPv4 and IPv6 addresses of a namespace."""
+    """Echoes every datagram back from the address it was sent to.
 
-    def __init__(self, ns: str, port: int = ECHO_PORT):
+    One socket per address: a wildcard socket would answer from the
+    route's preferred source, which NAT on the way back would not match.
+    """
+
+    def __init__(self, ns: str, addresses, port: int = ECHO_PORT):
         self.ns = ns
+        self.addresses = [str(a) for a in addresses]
         self.port = port
         self.streams = []
         self.tasks: list[asyncio.Task] = []
 
     async def start(self) -> UdpEchoServer:
-        for family, any_address in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        for address in self.addresses:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
             sock = nsutil.ns_socket(self.ns, family, socket.SOCK_DGRAM)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((any_address, self.port))
+            sock.bind((address, self.port))
             sock.setblocking(False)
             stream = await asyncio_dgram.from_socket(sock)
             self.streams.append(stream)
@@ -126,6 +130,7 @@ class TcpEchoServer:
     def __init__(self, ns: str, port: int = ECHO_PORT):
         self.ns, self.port = ns, port
         self.servers = []
+        self.writers: set = set()
 
     async def start(self) -> TcpEchoServer:
         for family, any_address in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
@@ -137,8 +142,8 @@ class TcpEchoServer:
             self.servers.append(await asyncio.start_server(self._handle, sock=sock))
         return self
 
-    @staticmethod
-    async def _handle(reader, writer) -> None:
+    async def _handle(self, reader, writer) -> None:
+        self.writers.add(writer)
         try:
             while data := await reader.read(4096):
                 writer.write(data)
@@ -146,11 +151,16 @@ class TcpEchoServer:
         except ConnectionError:
             pass
         finally:
+            self.writers.discard(writer)
             writer.close()
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         for server in self.servers:
             server.close()
+        for writer in list(self.writers):
+            writer.close()  # ends the handlers' reads
+        for server in self.servers:
+            await server.wait_closed()
 
 
 class TcpStream:
