@@ -51,6 +51,10 @@ class ProbeTiming:
     min_lost: int = 12
     rise: int = 3
     late_after: float = 0.025
+    # A path that recently answered after a long stall (OpenVPN's TCP
+    # retransmitting) must stay silent this many times longer before it is down.
+    stall_factor: float = 2.0
+    stall_memory: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class TargetHealth:
         self.consecutive_answers = 0
         self.srtt: float | None = None
         self.rttvar = 0.0
+        self.stalls: deque[tuple[float, float]] = deque(maxlen=128)  # (when, rtt) of late answers
 
     # --- inputs -----------------------------------------------------------
 
@@ -82,6 +87,8 @@ class TargetHealth:
 
     def answered(self, rtt: float, now: float) -> Transition | None:
         """A matching echo reply arrived (possibly late)."""
+        if rtt > self.late_after:
+            self.stalls.append((now, rtt))
         self._update_rtt(rtt)
         self.last_answer = self.last_tick = now
         self.unanswered.clear()
@@ -109,7 +116,7 @@ class TargetHealth:
         if lost:
             self.consecutive_answers = 0
         silence = now - self.last_answer
-        if self.state is not Health.DOWN and silence >= self.dead_interval and lost >= self.timing.min_lost:
+        if self.state is not Health.DOWN and lost >= self.timing.min_lost and silence >= self.dead_after(now):
             return self._move(Health.DOWN, f"no answer for {silence:.2f} s, {lost} probes lost")
         if self.state is Health.UP and lost:
             return self._move(Health.SUSPECT, "reply overdue")
@@ -125,10 +132,15 @@ class TargetHealth:
             return self.timing.burst_interval
         return self.timing.interval
 
-    @property
-    def dead_interval(self) -> float:
-        """``dead_interval``, stretched on slow paths to four smoothed RTTs."""
-        return max(self.timing.dead_interval, 4 * (self.srtt or 0.0))
+    def dead_after(self, now: float) -> float:
+        """Silence that makes the target down: ``dead_interval``, stretched on
+        slow paths to four smoothed RTTs, and after recent stalls to
+        ``stall_factor`` times the longest one (TCP retransmissions in the
+        underlay turn loss into stalls of seconds that end on their own)."""
+        while self.stalls and now - self.stalls[0][0] > self.timing.stall_memory:
+            self.stalls.popleft()
+        longest_stall = max((rtt for _, rtt in self.stalls), default=0.0)
+        return max(self.timing.dead_interval, 4 * (self.srtt or 0.0), self.timing.stall_factor * longest_stall)
 
     @property
     def late_after(self) -> float:

@@ -64,10 +64,11 @@ def test_down_needs_both_silence_and_enough_lost_probes():
         t += 0.02
         health.tick(t)
     # Long silence but only min_lost-1 probes lost.
-    health.tick(0.03 + DEFAULT.dead_interval + 0.001)
+    t = 0.03 + DEFAULT.dead_interval + 0.001
+    health.tick(t)
     assert health.state is Health.SUSPECT
     health.sent(t)
-    transition = health.tick(max(t, 0.03 + DEFAULT.dead_interval) + DEFAULT.late_after + 0.001)
+    transition = health.tick(t + DEFAULT.late_after + 0.001)
     assert transition is not None and transition.new is Health.DOWN
 
 
@@ -114,7 +115,7 @@ def test_slow_path_stretches_dead_interval():
     # 150 ms RTT: four RTTs (600 ms) of silence before a verdict, not 400 ms.
     result, health = simulate(DEFAULT, Path(rtt=0.15, jitter=0.05, dead_from=10.0), duration=12.0)
     downs = result.times_entering(Health.DOWN)
-    assert health.dead_interval > DEFAULT.dead_interval
+    assert health.dead_after(12.0) > DEFAULT.dead_interval
     assert len(downs) == 1 and downs[0] - 10.0 > DEFAULT.dead_interval
 
 
@@ -128,3 +129,32 @@ def test_recovery_after_death():
     states = [tr.new for _, tr in result.transitions]
     assert Health.DOWN in states and states[-1] is Health.UP
     assert health.state is Health.UP
+
+
+def test_stall_memory_stretches_the_dead_interval_for_a_while():
+    health = up()
+    assert health.dead_after(1.0) == DEFAULT.dead_interval
+    # An answer that came 1.5 s late (TCP retransmission in the underlay).
+    health.sent(1.0)
+    health.answered(1.5, 2.5)
+    assert health.dead_after(3.0) == pytest.approx(DEFAULT.stall_factor * 1.5)
+    for i in range(100):  # the path is fine again
+        health.sent(3 + i * 0.1)
+        health.answered(0.001, 3 + i * 0.1 + 0.001)
+    assert health.dead_after(10.0) == pytest.approx(DEFAULT.stall_factor * 1.5)
+    assert health.dead_after(2.5 + DEFAULT.stall_memory + 1) == DEFAULT.dead_interval
+
+
+def test_tcp_like_stalls_do_not_make_a_lossy_path_down_once_seen():
+    """After one 1 s stall, stalls up to stall_factor x as long pass."""
+    timing = DEFAULT
+    health = up(timing)
+    health.sent(1.0)
+    health.answered(1.0, 2.0)  # first stall, 1 s
+    t = 2.0
+    while t < 3.9:  # a 1.9 s silence with probes going unanswered
+        health.sent(t)
+        t += timing.burst_interval
+        health.tick(t)
+    assert health.state is not Health.DOWN
+
