@@ -64,10 +64,13 @@ def test_down_needs_both_silence_and_enough_lost_probes():
         t += 0.02
         health.tick(t)
     # Long silence but only min_lost-1 probes lost.
-    health.tick(0.03 + DEFAULT.dead_interval + 0.001)
+    silent_until = 0.03 + DEFAULT.dead_interval + 0.001
+    health.tick(silent_until)
     assert health.state is Health.SUSPECT
-    health.sent(t)
-    transition = health.tick(max(t, 0.03 + DEFAULT.dead_interval) + DEFAULT.late_after + 0.001)
+    # One more lost probe, sent then (the clock never runs backwards: a send
+    # is a sign of life of the loop, so an earlier timestamp would read as a stall).
+    health.sent(silent_until)
+    transition = health.tick(silent_until + DEFAULT.late_after + 0.001)
     assert transition is not None and transition.new is Health.DOWN
 
 
