@@ -58,6 +58,8 @@ class PathController:
             min_lost=settings.probe_min_lost,
             rise=settings.probe_rise,
             late_after=settings.probe_late_after,
+            stall_factor=settings.probe_stall_factor,
+            stall_memory=settings.probe_stall_memory,
         )
         now = clock()
         self.health = {j: TargetHealth(self.timing, now) for j in range(len(self.targets))}

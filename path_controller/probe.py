@@ -3,8 +3,9 @@
 Decisions rest on silence, not on single misses. A target is probed every
 ``interval``; once a reply is overdue (``late_after`` past the expected time)
 it is SUSPECT and probed every ``burst_interval``. It is DOWN only when it has
-been silent for ``dead_interval`` (at least 4 smoothed RTTs on slow paths)
-*and* at least ``min_lost`` probes sent in that silence went unanswered. With
+been silent for ``dead_interval`` *and* at least ``min_lost`` probes sent in
+that silence went unanswered (a probe counts as lost once ``late_after``
+old, which grows with the path's RTT). With
 20 % loss each way a probe fails with p = 0.36; calling a target down needs
 about 15 failures in a row (0.36^15 ≈ 2e-7), while a dead target is called
 down about ``dead_interval`` after its last answer. It comes back UP after
@@ -51,9 +52,15 @@ class ProbeTiming:
     min_lost: int = 12
     rise: int = 3
     late_after: float = 0.025
-    # A path that recently answered after a long stall (OpenVPN's TCP
-    # retransmitting) must stay silent this many times longer before it is down.
-    stall_factor: float = 2.0
+    # A path that keeps answering after long stalls (OpenVPN's TCP
+    # retransmitting over a lossy underlay: stall_events separate stalls
+    # within stall_window) must stay silent stall_factor times the longest
+    # stall before it is down, for stall_memory seconds. One stall (a server
+    # failover) does not count: it would slow down the next real failover.
+    stall_min: float = 0.1
+    stall_events: int = 3
+    stall_window: float = 60.0
+    stall_factor: float = 4.0
     stall_memory: float = 300.0
 
 
@@ -77,7 +84,10 @@ class TargetHealth:
         self.consecutive_answers = 0
         self.srtt: float | None = None
         self.rttvar = 0.0
-        self.stalls: deque[tuple[float, float]] = deque(maxlen=128)  # (when, rtt) of late answers
+        self.stalls: deque[list[float]] = deque(maxlen=64)  # [when, longest rtt] per stall event
+        self.stalls_in_a_row = 0
+        self.stretch = 0.0  # silence needed while the path is known to stall
+        self.stretch_until = float("-inf")
 
     # --- inputs -----------------------------------------------------------
 
@@ -87,9 +97,17 @@ class TargetHealth:
 
     def answered(self, rtt: float, now: float) -> Transition | None:
         """A matching echo reply arrived (possibly late)."""
-        if rtt > self.late_after:
-            self.stalls.append((now, rtt))
-        self._update_rtt(rtt)
+        # A stall is far beyond the usual round trip; it must not drag the
+        # RTT estimate (and with it every timeout) up for minutes. Only a
+        # run of them means the path itself got slower.
+        if rtt > max(self.timing.stall_min, 2 * self.late_after):
+            self._stalled(rtt, now)
+            self.stalls_in_a_row += 1
+            if self.stalls_in_a_row >= 10:
+                self._update_rtt(rtt)
+        else:
+            self.stalls_in_a_row = 0
+            self._update_rtt(rtt)
         self.last_answer = self.last_tick = now
         self.unanswered.clear()
         self.consecutive_answers += 1
@@ -134,13 +152,12 @@ class TargetHealth:
 
     def dead_after(self, now: float) -> float:
         """Silence that makes the target down: ``dead_interval``, stretched on
-        slow paths to four smoothed RTTs, and after recent stalls to
-        ``stall_factor`` times the longest one (TCP retransmissions in the
-        underlay turn loss into stalls of seconds that end on their own)."""
-        while self.stalls and now - self.stalls[0][0] > self.timing.stall_memory:
-            self.stalls.popleft()
-        longest_stall = max((rtt for _, rtt in self.stalls), default=0.0)
-        return max(self.timing.dead_interval, 4 * (self.srtt or 0.0), self.timing.stall_factor * longest_stall)
+        paths that keep stalling to ``stall_factor`` times their longest
+        recent stall (TCP retransmissions in the underlay turn loss into
+        stalls of seconds that end on their own). Slow paths need no stretch:
+        a probe only counts as lost once it is ``late_after`` old."""
+        stretch = self.stretch if now < self.stretch_until else 0.0
+        return max(self.timing.dead_interval, stretch)
 
     @property
     def late_after(self) -> float:
@@ -154,6 +171,20 @@ class TargetHealth:
         """Probes sent since the last answer whose reply is overdue."""
         deadline = now - self.late_after
         return sum(1 for sent_at in self.unanswered if sent_at <= deadline)
+
+    def _stalled(self, rtt: float, now: float) -> None:
+        """An answer came ``rtt`` late: note the stall event (answers less than a second apart are one)."""
+        if self.stalls and now - self.stalls[-1][0] < 1.0:
+            self.stalls[-1][0] = now
+            self.stalls[-1][1] = max(self.stalls[-1][1], rtt)
+        else:
+            self.stalls.append([now, rtt])
+        while self.stalls and now - self.stalls[0][0] > self.timing.stall_window:
+            self.stalls.popleft()
+        if len(self.stalls) >= self.timing.stall_events:
+            longest = self.timing.stall_factor * max(event[1] for event in self.stalls)
+            self.stretch = max(longest, self.stretch if now < self.stretch_until else 0.0)
+            self.stretch_until = now + self.timing.stall_memory
 
     def _update_rtt(self, rtt: float) -> None:
         # RFC 6298 smoothing.

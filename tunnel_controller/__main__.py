@@ -8,6 +8,7 @@ the variable).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import sys
@@ -53,11 +54,15 @@ async def serve(settings: TunnelSettings, stop: asyncio.Event) -> int:
         LOG.info("stopped; tunnels and routes left in place")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description="Keep one ip6tnl tunnel and back-route per announcing kube-apiserver; "
+        "configured by environment variables (see README).",
+    )
+    parser.parse_args(argv)
     settings = load_or_exit(TunnelSettings, PROGRAM)
     setup_logging(settings.log_level)
-    # pyroute2 logs every netlink message at debug level: far too much, even for debugging us.
-    logging.getLogger("pyroute2").setLevel(logging.WARNING)
     shown = settings.model_dump(mode="json")
     LOG.info("config parsed", extra={"config": shown})
     sys.exit(run(lambda stop: serve(settings, stop)))

@@ -69,10 +69,11 @@ def no_leaks():
     yield
     after = nsutil.Snapshot.take()
     leaks = after.leaks_since(before)
-    # Clean up what leaked so one failure does not cascade into the next tests.
-    for ns in after.namespaces - before.namespaces:
+    # Clean up what leaked so one failure does not cascade into the next tests
+    # (what a module-scoped fixture owns is not a leak and stays).
+    for ns in after.namespaces - before.namespaces - nsutil.LONG_LIVED_NAMESPACES:
         nsutil.delete_netns(ns)
-    for pid in set(after.processes) - set(before.processes):
+    for pid in set(after.processes) - set(before.processes) - nsutil.LONG_LIVED_PIDS:
         try:
             os.kill(pid, 9)
         except ProcessLookupError:

@@ -236,7 +236,7 @@ class HaTopology:
 
     # --- daemons ----------------------------------------------------------
 
-    def start_path_controller(self, api: ApiServer, **env) -> nsutil.Process:
+    def start_path_controller(self, api: ApiServer, module: str = "path_controller", **env) -> nsutil.Process:
         values = {
             "POD_IP": api.underlay_ip,
             "POD_IPS": f"{api.underlay_ip},{api.pod_ip6}",
@@ -248,7 +248,7 @@ class HaTopology:
             **env,
         }
         process = self.processes.start(
-            api.ns, [nsutil.PYTHON, "-m", "path_controller"], env=nsutil.daemon_env(**values), name=f"{api.name}-pc"
+            api.ns, [nsutil.PYTHON, "-m", module], env=nsutil.daemon_env(**values), name=f"{api.name}-pc"
         )
         api.processes["path-controller"] = process
         return process
@@ -314,6 +314,28 @@ class HaTopology:
         except AssertionError as exc:
             raise AssertionError(f"{exc}: {problems}") from None
 
+    async def active_tap(self, member: Member) -> str | None:
+        """The slave member's bond0 sends on (tap<i>: server i), or None."""
+        ipr = await self.ipr_factory(member.ns)
+        (bond,) = await ipr.link("get", ifname="bond0")
+        active = bond.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA").get("IFLA_BOND_ACTIVE_SLAVE")
+        if not active:
+            return None
+        (slave,) = await ipr.link("get", index=active)
+        return slave.get("IFLA_IFNAME")
+
+    async def wait_bonds_on(self, server: int, timeout: float = 60.0) -> None:
+        """Until every bond uses server ``server``: after a server comes back,
+        each bond fails back to tap0 when its own client reconnects, so for a
+        few seconds peers sit on different servers and cannot reach each other."""
+        members = [*self.apiservers, *self.shoots]
+
+        async def settled():
+            taps = await asyncio.gather(*(self.active_tap(m) for m in members))
+            return all(tap == f"tap{server}" for tap in taps)
+
+        await nsutil.wait_for(settled, timeout=timeout, interval=0.2, message=f"every bond on tap{server}")
+
     async def shoot_tunnels(self, shoot: Shoot) -> dict[IPv6Address, str]:
         """remote → device name of the shoot's bond0ip6tnl* devices."""
         ipr = await self.ipr_factory(shoot.ns)
@@ -334,6 +356,26 @@ class HaTopology:
                 nsutil.run_in(ns, ["tc", "qdisc", "del", "dev", dev, "root"], check=False)
             else:
                 nsutil.run_in(ns, ["tc", "qdisc", "replace", "dev", dev, "root", "netem", *spec.split()])
+
+    def path_netem(self, member: Member, spec: str | None) -> None:
+        """netem on the member's VPN path itself: its taps, both directions
+        (ingress through an ifb). Loss inside the VPN, with no TCP in between
+        to turn it into stalls (as a UDP transport or a lossy L2 would see)."""
+        for i in range(len(self.servers)):
+            tap, ifb = f"tap{i}", f"ifb{i}"
+            if spec is None:
+                commands = [f"tc qdisc del dev {tap} root", f"tc qdisc del dev {tap} ingress", f"ip link del {ifb}"]
+                nsutil.run_in(member.ns, ["sh", "-c", "; ".join(commands)], check=False)
+                continue
+            commands = [
+                f"ip link add {ifb} type ifb",
+                f"ip link set {ifb} up",
+                f"tc qdisc add dev {ifb} root netem {spec}",
+                f"tc qdisc add dev {tap} handle ffff: ingress",
+                f"tc filter add dev {tap} parent ffff: matchall action mirred egress redirect dev {ifb}",
+                f"tc qdisc add dev {tap} root netem {spec}",
+            ]
+            nsutil.run_in(member.ns, ["sh", "-c", " && ".join(commands)])
 
     def blackhole(self, member: Member, on: bool = True) -> None:
         """Drop everything on the member's underlay link; its TCP connections stay open."""

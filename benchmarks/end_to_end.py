@@ -1,0 +1,285 @@
+"""End-to-end failover benchmark on the full HA topology (real OpenVPN), ours
+and vpn2's probe timing side by side in one run.
+
+    .venv/bin/python -m kernel_sandbox --timeout 5400 -- .venv/bin/python -m benchmarks.end_to_end \
+        [--runs 10] [--loss-seconds 600] [--idle-seconds 60]
+
+Four kube-apiservers: two run our path-controller, two run the vpn2 timing
+profile (benchmarks/vpn2_profile.py: 2 s rounds, 10 × 1 s tries, rounds wait
+for the slowest target). Every kube-apiserver sends a UDP stream (100/s) to a
+shoot pod; "traffic again" is the time from the failure to the first answer
+to a datagram sent after it, measured on that stream.
+
+Scenarios: vpn-shoot killed (each run kills the vpn-shoot everybody uses);
+vpn-seed-server killed (with an open TCP stream); vpn-seed-server black-holed
+(TCP stays up) without and with the bond's NS monitor; 20 % loss both ways on
+a vpn-shoot's link for --loss-seconds (false switches). Also: RSS and CPU of
+each daemon while idle. Prints a table and one JSON line; writes
+results/end_to_end.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+
+from benchmarks.common import RESULTS, Namespaces, cpu_seconds, environment, rss_mib, summary, write_result
+from tests.netns import nsutil
+from tests.netns.ha_topology import SHOOT_POD, SHOOT_POD6, SHOOT_TARGETS, HaTopology
+from tests.netns.traffic import TcpEchoServer, TcpStream, UdpEchoServer, UdpStream
+
+OURS, VPN2 = "ours", "vpn2-profile"
+
+
+def log(text: str) -> None:
+    print(text, flush=True)
+
+
+class Bench:
+    def __init__(self, topo: HaTopology, profiles: dict[str, str]):
+        self.topo = topo
+        self.profiles = profiles  # apiserver name -> profile
+        self.streams: dict[str, UdpStream] = {}
+
+    async def open_streams(self) -> None:
+        for api in self.topo.apiservers:
+            self.streams[api.name] = await UdpStream(api.ns, str(SHOOT_POD)).start()
+        for stream in self.streams.values():
+            await stream.wait_flowing(timeout=60)
+
+    def recoveries(self, t0: float, names=None) -> dict[str, list[float]]:
+        result = {OURS: [], VPN2: []}
+        for name, stream in self.streams.items():
+            if names is not None and name not in names:
+                continue
+            recovery = stream.recovery_after(t0)
+            result[self.profiles[name]].append(recovery if recovery is not None else float("inf"))
+        return result
+
+    async def wait_recovered(self, t0: float, timeout: float = 60) -> None:
+        async def all_back():
+            return all(s.recovery_after(t0) is not None for s in self.streams.values())
+
+        await nsutil.wait_for(all_back, timeout=timeout, interval=0.2, message="traffic again on every stream")
+
+    async def switches(self) -> dict[str, float]:
+        return {
+            api.name: await self.topo.metric(api, "path_controller_switches_total", reason="primary down") or 0.0
+            for api in self.topo.apiservers
+        }
+
+
+async def shoot_killed(bench: Bench, runs: int) -> dict[str, list[float]]:
+    topo = bench.topo
+    results = {OURS: [], VPN2: []}
+    for run in range(runs):
+        primaries = {api.name: await topo.primary_of(api) for api in topo.apiservers}
+        victim = max(set(primaries.values()), key=list(primaries.values()).count)
+        affected = [name for name, p in primaries.items() if p == victim]
+        t0 = time.monotonic()
+        topo.kill_shoot(topo.shoots[victim])
+        await bench.wait_recovered(t0)
+        got = bench.recoveries(t0, affected)
+        for profile, values in got.items():
+            results[profile] += values
+        log(f"  vpn-shoot-{victim} killed (run {run + 1}): "
+            + ", ".join(f"{p} {', '.join(f'{1000 * v:.0f}' for v in vs)} ms" for p, vs in got.items() if vs))
+        topo.start_shoot_clients(topo.shoots[victim])
+        topo.start_tunnel_controller(topo.shoots[victim])
+        await topo.wait_converged()
+    return results
+
+
+async def server_killed(bench: Bench, runs: int) -> tuple[dict[str, list[float]], int]:
+    topo = bench.topo
+    results = {OURS: [], VPN2: []}
+    survived = 0
+    for run in range(runs):
+        api = topo.apiservers[0]
+        tcp = await TcpStream(api.ns, str(SHOOT_POD6)).start()
+        await asyncio.sleep(0.5)
+        server = topo.servers[0]  # every bond's primary slave is tap0
+        t0 = time.monotonic()
+        topo.kill(server, "openvpn")
+        await bench.wait_recovered(t0)
+        await asyncio.sleep(2)
+        got = bench.recoveries(t0)
+        ok = tcp.error is None and tcp.echoed and tcp.echoed[-1] > t0 + 1
+        survived += bool(ok)
+        tcp.close()
+        for profile, values in got.items():
+            results[profile] += values
+        log(f"  {server.name} killed (run {run + 1}): traffic again after "
+            f"{', '.join(f'{1000 * v:.0f}' for v in got[OURS] + got[VPN2])} ms; TCP stream {'survived' if ok else 'BROKE'}")
+        topo.start_server(server)
+        await topo.wait_converged()
+        await asyncio.sleep(3)  # bonds return to tap0 when their client reconnects
+    return results, survived
+
+
+def set_bond_monitor(topo: HaTopology, on: bool) -> None:
+    monitor = {"BOND_MONITOR": "ns", "BOND_NS_INTERVAL_MS": "100", "BOND_NS_MISSED_MAX": "3"} if on else {}
+    for member in (*topo.apiservers, *topo.shoots):
+        identity = {"IS_SHOOT_CLIENT": "true", "POD_NAME": member.name} if member in topo.shoots else {"POD_NAME": member.pod_name}
+        topo._bonding_setup(member, **identity, **monitor)
+
+
+async def active_server(topo: HaTopology) -> int:
+    """The server the first apiserver's bond currently uses."""
+    ipr = await topo.ipr_factory(topo.apiservers[0].ns)
+    (bond,) = await ipr.link("get", ifname="bond0")
+    active = bond.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA").get("IFLA_BOND_ACTIVE_SLAVE")
+    (tap,) = await ipr.link("get", index=active)
+    return int(tap.get("IFLA_IFNAME")[-1])
+
+
+async def server_blackholed(bench: Bench, runs: int, monitor: bool) -> list[float]:
+    topo = bench.topo
+    set_bond_monitor(topo, monitor)
+    await topo.wait_converged()
+    results = []
+    for run in range(runs):
+        server = topo.servers[await active_server(topo)]
+        t0 = time.monotonic()
+        topo.blackhole(server)
+        await bench.wait_recovered(t0, timeout=120)
+        got = bench.recoveries(t0)
+        values = got[OURS] + got[VPN2]
+        results += values
+        log(f"  {server.name} black-holed, monitor {'on' if monitor else 'off'} (run {run + 1}): "
+            f"traffic again after {', '.join(f'{1000 * v:.0f}' for v in values)} ms")
+        topo.blackhole(server, on=False)
+        await topo.wait_converged()
+        await asyncio.sleep(3)
+    return results
+
+
+async def loss(bench: Bench, seconds: float) -> dict[str, float]:
+    topo = bench.topo
+    before = await bench.switches()
+    primaries = [await topo.primary_of(api) for api in topo.apiservers]
+    victim = max(set(primaries), key=primaries.count)
+    log(f"  20 % loss both ways on vpn-shoot-{victim}'s link for {seconds:.0f} s")
+    topo.underlay_netem(topo.shoots[victim], "loss 20%")
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        topo.underlay_netem(topo.shoots[victim], None)
+    after = await bench.switches()
+    false = {OURS: 0.0, VPN2: 0.0}
+    for api in topo.apiservers:
+        false[bench.profiles[api.name]] += after[api.name] - before[api.name]
+    return false
+
+
+async def resources(topo: HaTopology, seconds: float) -> dict[str, dict]:
+    members = [(m, "path-controller") for m in topo.apiservers] + [(m, "tunnel-controller") for m in topo.shoots]
+    start = {(m.name, role): cpu_seconds(m.pid(role)) for m, role in members}
+    t0 = time.monotonic()
+    await asyncio.sleep(seconds)
+    elapsed = time.monotonic() - t0
+    return {
+        f"{m.name} {role}": {
+            "rss_mib": rss_mib(m.pid(role)),
+            "cpu_percent_of_one_core": 100 * (cpu_seconds(m.pid(role)) - start[(m.name, role)]) / elapsed,
+        }
+        for m, role in members
+    }
+
+
+async def run(args) -> dict:
+    log_dir = RESULTS / "end-to-end-logs"
+    async with Namespaces(log_dir) as spaces:
+        workdir = Path("/tmp/ha-bench")
+        topo = await HaTopology.build(
+            spaces.make_netns, spaces.ipr_factory, spaces.processes, workdir, apiservers=4, start_daemons=False
+        )
+        profiles = {}
+        for k, api in enumerate(topo.apiservers):
+            profile = OURS if k % 2 == 0 else VPN2
+            profiles[api.name] = profile
+            topo.start_path_controller(api, module="path_controller" if profile == OURS else "benchmarks.vpn2_profile")
+        for shoot in topo.shoots:
+            topo.start_tunnel_controller(shoot)
+        udp_echo = await UdpEchoServer(topo.shoot_net, SHOOT_TARGETS).start()
+        tcp_echo = await TcpEchoServer(topo.shoot_net).start()
+        await topo.wait_converged()
+        bench = Bench(topo, profiles)
+        await bench.open_streams()
+        log(f"converged; profiles: {profiles}")
+
+        log("idle resources")
+        idle = await resources(topo, args.idle_seconds)
+        log("vpn-shoot killed")
+        shoot = await shoot_killed(bench, args.runs)
+        log("vpn-seed-server killed")
+        server, tcp_survived = await server_killed(bench, args.runs)
+        log("vpn-seed-server black-holed")
+        blackhole_off = await server_blackholed(bench, 1, monitor=False)
+        blackhole_on = await server_blackholed(bench, args.runs, monitor=True)
+        set_bond_monitor(topo, False)
+        await topo.wait_converged()
+        log("loss")
+        false_switches = await loss(bench, args.loss_seconds)
+
+        for stream in bench.streams.values():
+            stream.close()
+        udp_echo.close()
+        await tcp_echo.aclose()
+
+    tc_bench = RESULTS / "tunnel_controller.json"
+    announcement = json.loads(tc_bench.read_text()).get("first_announcement") if tc_bench.exists() else None
+    return {
+        "benchmark": "end_to_end",
+        "environment": environment(),
+        "topology": "2 OpenVPN servers, 4 kube-apiservers (2 ours, 2 vpn2 profile), 2 vpn-shoots, inside UML",
+        "shoot_killed_seconds": {p: summary(v) for p, v in shoot.items()},
+        "server_killed_seconds": {p: summary(v) for p, v in server.items()},
+        "server_killed_tcp_survived": f"{tcp_survived}/{args.runs}",
+        "server_blackholed_seconds": {"monitor_off": summary(blackhole_off), "monitor_on": summary(blackhole_on)},
+        "false_switches": {**false_switches, "seconds": args.loss_seconds, "loss_percent_each_way": 20},
+        "first_announcement_to_back_route": announcement or "see benchmarks/tunnel_controller.py",
+        "idle_resources": idle,
+    }
+
+
+def print_table(result: dict) -> None:
+    shoot, server = result["shoot_killed_seconds"], result["server_killed_seconds"]
+    black = result["server_blackholed_seconds"]
+    ms = lambda s: f"{1000 * s['p50']:.0f} / {1000 * s['p99']:.0f} ms"  # noqa: E731
+    ratio = shoot[VPN2]["p50"] / shoot[OURS]["p50"] if shoot[OURS]["n"] and shoot[VPN2]["n"] else float("nan")
+    rows = [
+        ("vpn-shoot killed → traffic again, p50 / p99", ms(shoot[VPN2]), ms(shoot[OURS]), "≤ 500 ms p99"),
+        ("vpn-seed-server killed → traffic again", ms(server[VPN2]), ms(server[OURS]), "≤ 300 ms"),
+        ("  open TCP stream survived", "", result["server_killed_tcp_survived"], "all"),
+        ("vpn-seed-server black-holed, no bond monitor", "", ms(black["monitor_off"]), "(documented)"),
+        ("vpn-seed-server black-holed, NS monitor on", "", ms(black["monitor_on"]), "≤ 1 s"),
+        (f"false switches, 20 % loss, {result['false_switches']['seconds']:.0f} s",
+         f"{result['false_switches'][VPN2]:.0f}", f"{result['false_switches'][OURS]:.0f}", "0"),
+    ]
+    for name, values in result["idle_resources"].items():
+        rows.append((f"{name}: RSS / idle CPU", "", f"{values['rss_mib']:.1f} MiB / {values['cpu_percent_of_one_core']:.2f} %",
+                     "≤ 50 MiB / ≤ 1 %"))
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'figure'.ljust(width)}  {'vpn2 profile':>18}  {'ours':>22}  target")
+    for name, theirs, ours, target in rows:
+        print(f"{name.ljust(width)}  {theirs:>18}  {ours:>22}  {target}")
+    print(f"vpn-shoot failover, vpn2 profile / ours (p50): {ratio:.1f}×")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--loss-seconds", type=float, default=600)
+    parser.add_argument("--idle-seconds", type=float, default=60)
+    args = parser.parse_args()
+    result = asyncio.run(run(args))
+    print_table(result)
+    write_result("end_to_end", result)
+
+
+if __name__ == "__main__":
+    main()
