@@ -13,8 +13,9 @@ to a datagram sent after it, measured on that stream.
 Scenarios: vpn-shoot killed (each run kills the vpn-shoot everybody uses);
 vpn-seed-server killed (with an open TCP stream); vpn-seed-server black-holed
 (TCP stays up) without and with the bond's NS monitor; 20 % loss both ways on
-a vpn-shoot's link for --loss-seconds (false switches). Also: RSS and CPU of
-each daemon while idle. Prints a table and one JSON line; writes
+the busiest vpn-shoot's VPN path for --loss-seconds (false switches); 20 %
+loss on its underlay link (OpenVPN's TCP turns it into stalls of seconds),
+--underlay-onsets times. Also: RSS and CPU of each daemon while idle. Prints a table and one JSON line; writes
 results/end_to_end.json.
 """
 
@@ -157,22 +158,48 @@ async def server_blackholed(bench: Bench, runs: int, monitor: bool) -> list[floa
     return results
 
 
-async def loss(bench: Bench, seconds: float) -> dict[str, float]:
-    topo = bench.topo
+async def count_switches(bench: Bench, inject, seconds: float, clear) -> dict[str, float]:
     before = await bench.switches()
-    primaries = [await topo.primary_of(api) for api in topo.apiservers]
-    victim = max(set(primaries), key=primaries.count)
-    log(f"  20 % loss both ways on vpn-shoot-{victim}'s link for {seconds:.0f} s")
-    topo.underlay_netem(topo.shoots[victim], "loss 20%")
+    inject()
     try:
         await asyncio.sleep(seconds)
     finally:
-        topo.underlay_netem(topo.shoots[victim], None)
+        clear()
     after = await bench.switches()
-    false = {OURS: 0.0, VPN2: 0.0}
-    for api in topo.apiservers:
-        false[bench.profiles[api.name]] += after[api.name] - before[api.name]
-    return false
+    result = {OURS: 0.0, VPN2: 0.0}
+    for api in bench.topo.apiservers:
+        result[bench.profiles[api.name]] += after[api.name] - before[api.name]
+    return result
+
+
+async def busiest_shoot(topo: HaTopology):
+    primaries = [await topo.primary_of(api) for api in topo.apiservers]
+    return topo.shoots[max(set(primaries), key=primaries.count)]
+
+
+async def path_loss(bench: Bench, seconds: float) -> dict[str, float]:
+    """20 % loss each way inside the VPN (the vpn-shoot's taps)."""
+    shoot = await busiest_shoot(bench.topo)
+    log(f"  20 % loss both ways on {shoot.name}'s VPN path for {seconds:.0f} s")
+    return await count_switches(
+        bench, lambda: bench.topo.path_netem(shoot, "loss 20%"), seconds, lambda: bench.topo.path_netem(shoot, None)
+    )
+
+
+async def underlay_loss(bench: Bench, onsets: int, seconds: float) -> list[dict[str, float]]:
+    """20 % loss each way on a vpn-shoot's underlay link: OpenVPN's TCP turns it into stalls."""
+    results = []
+    for onset in range(onsets):
+        shoot = await busiest_shoot(bench.topo)
+        got = await count_switches(
+            bench, lambda: bench.topo.underlay_netem(shoot, "loss 20%"), seconds,
+            lambda: bench.topo.underlay_netem(shoot, None),
+        )
+        log(f"  20 % loss on {shoot.name}'s underlay for {seconds:.0f} s (onset {onset + 1}): switches {got}")
+        results.append(got)
+        await bench.topo.wait_converged()
+        await asyncio.sleep(5)
+    return results
 
 
 async def resources(topo: HaTopology, seconds: float) -> dict[str, dict]:
@@ -223,7 +250,8 @@ async def run(args) -> dict:
         set_bond_monitor(topo, False)
         await topo.wait_converged()
         log("loss")
-        false_switches = await loss(bench, args.loss_seconds)
+        false_switches = await path_loss(bench, args.loss_seconds)
+        underlay = await underlay_loss(bench, args.underlay_onsets, args.underlay_seconds)
 
         for stream in bench.streams.values():
             stream.close()
@@ -240,7 +268,9 @@ async def run(args) -> dict:
         "server_killed_seconds": {p: summary(v) for p, v in server.items()},
         "server_killed_tcp_survived": f"{tcp_survived}/{args.runs}",
         "server_blackholed_seconds": {"monitor_off": summary(blackhole_off), "monitor_on": summary(blackhole_on)},
-        "false_switches": {**false_switches, "seconds": args.loss_seconds, "loss_percent_each_way": 20},
+        "false_switches": {**false_switches, "seconds": args.loss_seconds, "loss_percent_each_way": 20,
+                           "where": "inside the VPN (vpn-shoot taps)"},
+        "underlay_loss_switches_per_onset": underlay,
         "first_announcement_to_back_route": announcement or "see benchmarks/tunnel_controller.py",
         "idle_resources": idle,
     }
@@ -257,8 +287,11 @@ def print_table(result: dict) -> None:
         ("  open TCP stream survived", "", result["server_killed_tcp_survived"], "all"),
         ("vpn-seed-server black-holed, no bond monitor", "", ms(black["monitor_off"]), "(documented)"),
         ("vpn-seed-server black-holed, NS monitor on", "", ms(black["monitor_on"]), "≤ 1 s"),
-        (f"false switches, 20 % loss, {result['false_switches']['seconds']:.0f} s",
+        (f"false switches, 20 % loss in the VPN, {result['false_switches']['seconds']:.0f} s",
          f"{result['false_switches'][VPN2]:.0f}", f"{result['false_switches'][OURS]:.0f}", "0"),
+        ("switches per 20 % underlay-loss onset (TCP stalls)",
+         " ".join(f"{o[VPN2]:.0f}" for o in result["underlay_loss_switches_per_onset"]),
+         " ".join(f"{o[OURS]:.0f}" for o in result["underlay_loss_switches_per_onset"]), "(measured)"),
     ]
     for name, values in result["idle_resources"].items():
         rows.append((f"{name}: RSS / idle CPU", "", f"{values['rss_mib']:.1f} MiB / {values['cpu_percent_of_one_core']:.2f} %",
@@ -275,6 +308,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--loss-seconds", type=float, default=600)
     parser.add_argument("--idle-seconds", type=float, default=60)
+    parser.add_argument("--underlay-onsets", type=int, default=3)
+    parser.add_argument("--underlay-seconds", type=float, default=60)
     args = parser.parse_args()
     result = asyncio.run(run(args))
     print_table(result)
