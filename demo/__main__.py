@@ -30,6 +30,9 @@ def say(text: str = "") -> None:
     print(f"[{time.monotonic() - STARTED:6.1f}s] {text}" if text else "", flush=True)
 
 
+_rtt_seen: dict[tuple[str, int], tuple[float, float]] = {}  # (apiserver, target) → (sum, count)
+
+
 async def view(topo: HaTopology) -> None:
     """Who routes where, probe state and RTT per target, tunnels per vpn-shoot."""
     print()
@@ -46,12 +49,20 @@ async def view(topo: HaTopology) -> None:
             )
             total = nsutil.metric_value(metrics, "path_controller_probe_rtt_seconds_sum", target=str(j)) or 0
             count = nsutil.metric_value(metrics, "path_controller_probe_rtt_seconds_count", target=str(j)) or 0
-            rtt = f"{1000 * total / count:.1f} ms" if count else "-"
+            # RTT of the answers since the previous view, not since start: a dead target shows "-".
+            last_total, last_count = _rtt_seen.get((api.name, j), (0.0, 0.0))
+            _rtt_seen[(api.name, j)] = (total, count)
+            answers = count - last_count
+            rtt = f"{1000 * (total - last_total) / answers:.1f} ms" if answers else "-"
             cells.append(f"{state:<8} rtt {rtt:<10}")
         where = f"vpn-shoot-{int(primary)}" if primary is not None and primary >= 0 else "-"
         print(f"  {api.name:<20} {where:<12} " + "  ".join(f"{c:<22}" for c in cells))
     print()
     for shoot in topo.shoots:
+        daemon = shoot.processes.get("tunnel-controller")
+        if daemon is not None and daemon.popen.poll() is not None:
+            print(f"  {shoot.name:<12} (killed)")
+            continue
         tunnels = await topo.shoot_tunnels(shoot)
         owners = {api.bond_address: api.name for api in topo.apiservers}
         listed = ", ".join(f"{name}→{owners.get(remote, remote)}" for remote, name in sorted(tunnels.items(), key=lambda i: i[1]))

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
 from pyroute2 import netns as pr_netns
 
 REPO = Path(__file__).resolve().parents[2]
@@ -265,10 +266,9 @@ async def http_get_async(ns: str, port: int, path: str, **kwargs) -> tuple[int, 
 
 
 def metric_value(text: str, name: str, **labels: str) -> float | None:
-    """The value of one sample in Prometheus text format, or None."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    prefix = f"{name}{{{wanted}}} " if labels else f"{name} "
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            return float(line.rsplit(" ", 1)[1])
+    """The value of the sample ``name`` with exactly ``labels`` (in any order), or None."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
     return None
