@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import errno
 import secrets
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv6Address, IPv6Interface, ip_address
 
 from pyroute2 import AsyncIPRoute
+from pyroute2.netlink import NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.nlsocket import NetlinkRequest
+from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_NEWLINK
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.ifinfmsg.plugins.bond import bond as _pyroute2_bond
 
@@ -31,11 +35,50 @@ class KernelFeatureMissing(RuntimeError):
 
 async def link_by_name(ipr: AsyncIPRoute, name: str):
     """The link message for ``name``, or None."""
+    answers = await _get_link(ipr, name)
+    return answers[0] if answers else None
+
+
+_NLMSG_HEADER = struct.Struct("IHHII")
+_IFINFOMSG = struct.Struct("BxHiII")  # family, type, index, flags, change
+
+
+async def link_index(ipr: AsyncIPRoute, name: str) -> int | None:
+    """The ifindex of ``name``, or None.
+
+    Reads only the fixed header of the answer: decoding a whole link message
+    costs more than the kernel's work for it.
+    """
+    full_parse = ipr.marshal.parse_one_message
+
+    def index_only(data: bytes, offset: int, length: int):
+        _, kind, flags, seq, _ = _NLMSG_HEADER.unpack_from(data, offset)
+        if kind != RTM_NEWLINK:
+            return full_parse(kind, flags, seq, data, offset, length)  # an error: raised as NetlinkError
+        index = _IFINFOMSG.unpack_from(data, offset + 16)[2]
+        return {"header": {"type": kind, "flags": flags, "sequence_number": seq, "error": None}, "index": index}
+
+    answers = await _get_link(ipr, name, parser=index_only)
+    return answers[0]["index"] if answers else None
+
+
+async def _get_link(ipr: AsyncIPRoute, name: str, parser=None) -> list:
+    """RTM_GETLINK for ``name`` without NLM_F_ACK; [] if there is no such link.
+
+    pyroute2's ``link("get")`` asks for an acknowledgement as well, which
+    arrives after the answer has ended the request and stays queued on the
+    socket for ever: a daemon that looks links up periodically would grow
+    by about 75 bytes per lookup.
+    """
+    msg = ifinfmsg()
+    msg["attrs"] = [("IFLA_IFNAME", name)]
+    request = NetlinkRequest(ipr, msg, msg_type=RTM_GETLINK, msg_flags=NLM_F_REQUEST, parser=parser)
+    await request.send()
     try:
-        return (await ipr.link("get", ifname=name))[0]
+        return [answer async for answer in request.response()]
     except NetlinkError as exc:
         if exc.code == errno.ENODEV:
-            return None
+            return []
         raise
 
 
@@ -330,25 +373,49 @@ async def ensure_ip6tnl(ipr: AsyncIPRoute, name: str, local: IPv6Address, remote
         await delete_link(ipr, name)
         link, outcome = None, "replaced"
     if link is None:
-        try:
-            await ipr.link(
-                "add",
-                ifname=name,
-                kind="ip6tnl",
-                ip6tnl_local=str(local),
-                ip6tnl_remote=str(remote),
-                ip6tnl_encap_limit=0,
-                ip6tnl_flags=IP6_TNL_F_IGN_ENCAP_LIMIT,
-                ip6tnl_proto=0,
-                state="up",  # in the same request: one netlink round trip less per tunnel
-            )
-        except NetlinkError as exc:
-            if exc.code == errno.EOPNOTSUPP:
-                raise KernelFeatureMissing("ip6tnl (CONFIG_IPV6_TUNNEL)") from exc
-            raise
+        await _add_ip6tnl(ipr, name, local, remote)
         link = await link_by_name(ipr, name)
         outcome = "created" if outcome == "kept" else outcome
     if not link["flags"] & 1:
         await ipr.link("set", index=link["index"], state="up")
         outcome = "adjusted" if outcome == "kept" else outcome
     return link["index"], outcome
+
+
+async def create_or_ensure_ip6tnl(
+    ipr: AsyncIPRoute, name: str, local: IPv6Address, remote: IPv6Address
+) -> tuple[int, str]:
+    """``ensure_ip6tnl`` for a device that is most likely absent (the caller knows of none).
+
+    Creates it straight away, one round trip less than looking first; only if
+    the name is taken does it look at what is there, exactly as ``ensure_ip6tnl``.
+    """
+    try:
+        await _add_ip6tnl(ipr, name, local, remote)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+        return await ensure_ip6tnl(ipr, name, local, remote)
+    index = await link_index(ipr, name)
+    if index is None:  # deleted by someone else in between
+        raise NetlinkError(errno.ENODEV, f"{name} vanished right after it was created")
+    return index, "created"
+
+
+async def _add_ip6tnl(ipr: AsyncIPRoute, name: str, local: IPv6Address, remote: IPv6Address) -> None:
+    try:
+        await ipr.link(
+            "add",
+            ifname=name,
+            kind="ip6tnl",
+            ip6tnl_local=str(local),
+            ip6tnl_remote=str(remote),
+            ip6tnl_encap_limit=0,
+            ip6tnl_flags=IP6_TNL_F_IGN_ENCAP_LIMIT,
+            ip6tnl_proto=0,
+            state="up",  # in the same request: one netlink round trip less per tunnel
+        )
+    except NetlinkError as exc:
+        if exc.code == errno.EOPNOTSUPP:
+            raise KernelFeatureMissing("ip6tnl (CONFIG_IPV6_TUNNEL)") from exc
+        raise

@@ -101,9 +101,14 @@ class Kernel:
                     routes.append(FoundRoute(ip_network(msg.get("RTA_DST")), oif, msg["proto"]))
         return Found(tunnels, routes)
 
-    async def ensure_tunnel(self, spec: TunnelSpec) -> tuple[int, str]:
-        """(ifindex, "kept" | "created" | "replaced" | "adjusted")."""
-        return await links.ensure_ip6tnl(self.ipr, spec.name, spec.local, spec.remote)
+    async def ensure_tunnel(self, spec: TunnelSpec, *, expect_new: bool = False) -> tuple[int, str]:
+        """(ifindex, "kept" | "created" | "replaced" | "adjusted").
+
+        ``expect_new``: we know of no such device, so create it first and look only if the
+        name is taken (one round trip less for each of a burst of new peers).
+        """
+        ensure = links.create_or_ensure_ip6tnl if expect_new else links.ensure_ip6tnl
+        return await ensure(self.ipr, spec.name, spec.local, spec.remote)
 
     async def replace_route(self, dst: IPNetwork, index: int) -> None:
         await self.ipr.route("replace", dst=str(dst), oif=index, table=MAIN_TABLE, proto=self.proto)

@@ -233,7 +233,7 @@ class Reconciler:
     async def _ensure_tunnel(self, spec: TunnelSpec, desired) -> bool:
         self._busy.add(spec.name)
         try:
-            index, outcome = await self.kernel.ensure_tunnel(spec)
+            index, outcome = await self.kernel.ensure_tunnel(spec, expect_new=spec.name not in self.view.indexes)
         except KERNEL_ERRORS as exc:
             self._failed(spec.name, "tunnel_ensure", exc, desired)
             return False

@@ -13,6 +13,7 @@ from datetime import datetime
 from ipaddress import IPv6Address
 
 from announcement import encode
+from bonding import links
 from bonding.links import IP6_TNL_F_IGN_ENCAP_LIMIT
 from bonding.plan import shoot_tunnel_name
 from tests.netns import nsutil
@@ -592,3 +593,25 @@ async def test_listening_waits_for_a_tentative_bond_address_and_gives_up_clearly
     listening = await patient.wait_listening()
     assert log_time(listening) > log_time(waiting)
     assert patient.stop() == 0
+
+
+async def test_a_tunnel_created_first_is_looked_at_only_when_its_name_is_taken(netns, ipr_factory):
+    """The path for peers the controller knows no device of: create at once, then read the
+    ifindex; a device already there is kept, set up or replaced as ensure_ip6tnl would."""
+    ipr = await ipr_factory(netns)
+    local, remote, other = PLAN.shoot_client(0), PLAN.seed_client(0x101), PLAN.seed_client(0x102)
+    name = shoot_tunnel_name(remote)
+    assert await links.link_index(ipr, name) is None
+
+    index, outcome = await links.create_or_ensure_ip6tnl(ipr, name, local, remote)
+    link = await links.link_by_name(ipr, name)
+    assert (index, outcome) == (link["index"], "created")
+    assert links.ip6tnl_matches(link, local, remote) and link["flags"] & 1
+    assert await links.link_index(ipr, name) == index
+
+    assert await links.create_or_ensure_ip6tnl(ipr, name, local, remote) == (index, "kept")
+    await ipr.link("set", index=index, state="down")
+    assert await links.create_or_ensure_ip6tnl(ipr, name, local, remote) == (index, "adjusted")
+    index, outcome = await links.create_or_ensure_ip6tnl(ipr, name, local, other)
+    link = await links.link_by_name(ipr, name)
+    assert (index, outcome) == (link["index"], "replaced") and links.ip6tnl_matches(link, local, other)

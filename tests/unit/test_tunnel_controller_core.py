@@ -38,6 +38,7 @@ class FakeKernel:
         self.routes: dict = {}  # dst -> (index, proto)
         self.log: list[str] = []
         self.fail: set[str] = set()
+        self.expected_new: list[str] = []  # devices the controller asked for with expect_new
         self._next_index = 100
 
     def _check(self, op: str) -> None:
@@ -55,8 +56,10 @@ class FakeKernel:
             [FoundRoute(dst, index, proto) for dst, (index, proto) in self.routes.items() if index in names],
         )
 
-    async def ensure_tunnel(self, spec: TunnelSpec):
+    async def ensure_tunnel(self, spec: TunnelSpec, *, expect_new: bool = False):
         self._check("ensure")
+        if expect_new:
+            self.expected_new.append(spec.name)
         current = self.tunnels.get(spec.name)
         if current and current[1] == spec:
             if not current[2]:
@@ -258,6 +261,24 @@ async def test_kernel_events_lead_to_repairs():
     assert ctl.metrics.repairs.labels("tunnel")._value.get() == 2
     assert ctl.metrics.repairs.labels("route")._value.get() == 1
     assert ctl.readiness() == (True, "ok")
+
+
+async def test_only_devices_the_controller_knows_nothing_of_are_expected_to_be_new():
+    ctl, kernel, _ = controller()
+    kernel.tunnels = {TB: (8, TunnelSpec(TB, PLAN.shoot_client(1), B), True)}  # a leftover with another local
+    await ctl.reconciler.adopt()
+    send(ctl, A, "10.96.0.1")
+    await ctl.reconciler.reconcile()
+    assert kernel.expected_new == [TA], "the leftover is known: looked at first, not created blindly"
+    index = kernel.tunnels[TA][0]
+    kernel.tunnels[TA] = (index, kernel.tunnels[TA][1], False)
+    ctl.reconciler.on_kernel_event(LinkDown(index))
+    await ctl.reconciler.reconcile()
+    assert kernel.expected_new == [TA], "a device set down is still known"
+    del kernel.tunnels[TA]
+    ctl.reconciler.on_kernel_event(LinkGone(index, TA))
+    await ctl.reconciler.reconcile()
+    assert kernel.expected_new == [TA, TA], "a deleted device is expected to be absent"
 
 
 async def test_resync_catches_what_events_missed():
