@@ -88,6 +88,8 @@ class TargetHealth:
         self.stalls_in_a_row = 0
         self.stretch = 0.0  # silence needed while the path is known to stall
         self.stretch_until = float("-inf")
+        # Since when the target is not known alive (UNKNOWN, DOWN, RISING); inf while it is.
+        self.down_since = now
 
     # --- inputs -----------------------------------------------------------
 
@@ -101,7 +103,11 @@ class TargetHealth:
         # RTT estimate (and with it every timeout) up for minutes. Only a
         # run of them means the path itself got slower.
         if rtt > max(self.timing.stall_min, 2 * self.late_after):
-            self._stalled(rtt, now)
+            if now - rtt < self.down_since:
+                # Sent while the target counted as alive: the path stalled. Probes sent to a
+                # target not known alive (start-up, down) are answered late when it comes
+                # (back): queued until its neighbour entry resolves, not a stalling path.
+                self._stalled(rtt, now)
             self.stalls_in_a_row += 1
             if self.stalls_in_a_row >= 10:
                 self._update_rtt(rtt)
@@ -113,6 +119,7 @@ class TargetHealth:
         self.consecutive_answers += 1
         if self.state in (Health.UNKNOWN, Health.DOWN, Health.RISING):
             if self.consecutive_answers >= self.timing.rise:
+                self.down_since = float("inf")
                 return self._move(Health.UP, f"{self.consecutive_answers} answers in a row")
             if self.state is Health.DOWN:
                 return self._move(Health.RISING, "answering again")
@@ -135,6 +142,8 @@ class TargetHealth:
             self.consecutive_answers = 0
         silence = now - self.last_answer
         if self.state is not Health.DOWN and lost >= self.timing.min_lost and silence >= self.dead_after(now):
+            if self.state in (Health.UP, Health.SUSPECT):
+                self.down_since = now
             return self._move(Health.DOWN, f"no answer for {silence:.2f} s, {lost} probes lost")
         if self.state is Health.UP and lost:
             return self._move(Health.SUSPECT, "reply overdue")

@@ -182,3 +182,36 @@ def test_a_stalling_path_is_not_called_down_by_the_next_longer_stall():
         t += DEFAULT.burst_interval
         health.tick(t)
     assert health.state is Health.DOWN
+
+
+def silent_until_down(health: TargetHealth, t: float) -> float:
+    """Probe a target that does not answer until it is down; returns the time."""
+    while health.state is not Health.DOWN:
+        health.sent(t)
+        t += DEFAULT.burst_interval
+        health.tick(t)
+    return t
+
+
+def test_late_answers_from_a_target_coming_back_are_not_stalls():
+    """A restarted vpn-shoot answers the probes queued while it was down all at once,
+    seconds late: that is a restart, and must not slow down the next failover."""
+    health = up()
+    t = silent_until_down(health, 1.0)
+    for k in range(3):  # three late answers, seconds apart, to probes sent while down
+        t += 1.5
+        health.sent(t - 1.2)
+        health.answered(1.2, t)
+        if health.state is not Health.UP:
+            health.tick(t + DEFAULT.interval)
+    assert not health.stalls
+    assert health.dead_after(t) == DEFAULT.dead_interval
+
+
+def test_a_stall_longer_than_the_dead_interval_still_counts():
+    """A probe sent while the path was up and answered after it was called down is a stall."""
+    health = up()
+    health.sent(1.0)
+    t = silent_until_down(health, 1.0 + DEFAULT.burst_interval)
+    health.answered(t + 0.5 - 1.0, t + 0.5)
+    assert len(health.stalls) == 1 and health.stalls[0][1] == pytest.approx(t - 0.5)
