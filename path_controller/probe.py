@@ -57,7 +57,14 @@ class ProbeTiming:
     # within stall_window) must stay silent stall_factor times the longest
     # stall before it is down, for stall_memory seconds. One stall (a server
     # failover) does not count: it would slow down the next real failover.
-    stall_min: float = 0.1
+    # An answer this late (or 2 x late_after on slow paths) is a stall. Below
+    # half a second it is scheduling jitter on a busy node, and remembering
+    # it would slow every later failover down (measured in the sandbox).
+    stall_min: float = 0.5
+    # A target that came up less than this long ago is still settling (its
+    # OpenVPN clients connect one by one, the bond reselects its primary):
+    # its hiccups are not the path's.
+    stall_settle: float = 10.0
     stall_events: int = 3
     stall_window: float = 60.0
     stall_factor: float = 4.0
@@ -90,6 +97,7 @@ class TargetHealth:
         self.stretch_until = float("-inf")
         # Since when the target is not known alive (UNKNOWN, DOWN, RISING); inf while it is.
         self.down_since = now
+        self.up_since = float("-inf")  # when it last became UP (from UNKNOWN, DOWN or RISING)
 
     # --- inputs -----------------------------------------------------------
 
@@ -103,7 +111,7 @@ class TargetHealth:
         # RTT estimate (and with it every timeout) up for minutes. Only a
         # run of them means the path itself got slower.
         if rtt > max(self.timing.stall_min, 2 * self.late_after):
-            if now - rtt < self.down_since:
+            if now - rtt < self.down_since and now - self.up_since >= self.timing.stall_settle:
                 # Sent while the target counted as alive: the path stalled. Probes sent to a
                 # target not known alive (start-up, down) are answered late when it comes
                 # (back): queued until its neighbour entry resolves, not a stalling path.
@@ -120,6 +128,7 @@ class TargetHealth:
         if self.state in (Health.UNKNOWN, Health.DOWN, Health.RISING):
             if self.consecutive_answers >= self.timing.rise:
                 self.down_since = float("inf")
+                self.up_since = now
                 return self._move(Health.UP, f"{self.consecutive_answers} answers in a row")
             if self.state is Health.DOWN:
                 return self._move(Health.RISING, "answering again")

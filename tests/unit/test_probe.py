@@ -138,46 +138,67 @@ def stall(health: TargetHealth, at: float, length: float) -> None:
     health.answered(length, at)
 
 
+S = DEFAULT.stall_settle + 1  # a target that came up at 0 has settled by then
+
+
 def test_one_stall_does_not_stretch_the_dead_interval():
     """A server failover delays a few answers once: the next failover stays fast."""
     health = up()
-    stall(health, 2.0, 0.8)
-    assert health.dead_after(3.0) == DEFAULT.dead_interval
+    stall(health, S + 2.0, 0.8)
+    assert health.dead_after(S + 3.0) == DEFAULT.dead_interval
 
 
 def test_a_path_that_keeps_stalling_gets_a_longer_dead_interval_for_a_while():
     health = up()
-    stall(health, 2.0, 0.3)
-    stall(health, 5.0, 1.5)
-    assert health.dead_after(5.5) == DEFAULT.dead_interval  # two events: not yet
-    stall(health, 9.0, 0.4)
-    assert health.dead_after(9.5) == pytest.approx(DEFAULT.stall_factor * 1.5)
+    stall(health, S + 2.0, 0.6)
+    stall(health, S + 5.0, 1.5)
+    assert health.dead_after(S + 5.5) == DEFAULT.dead_interval  # two events: not yet
+    stall(health, S + 9.0, 0.7)
+    assert health.dead_after(S + 9.5) == pytest.approx(DEFAULT.stall_factor * 1.5)
     for i in range(100):  # the path is fine again
-        health.sent(10 + i * 0.1)
-        health.answered(0.001, 10 + i * 0.1 + 0.001)
-    assert health.dead_after(60.0) == pytest.approx(DEFAULT.stall_factor * 1.5)
-    assert health.dead_after(9.0 + DEFAULT.stall_memory + 1) == DEFAULT.dead_interval
+        health.sent(S + 10 + i * 0.1)
+        health.answered(0.001, S + 10 + i * 0.1 + 0.001)
+    assert health.dead_after(S + 60.0) == pytest.approx(DEFAULT.stall_factor * 1.5)
+    assert health.dead_after(S + 9.0 + DEFAULT.stall_memory + 1) == DEFAULT.dead_interval
+
+
+def test_jitter_below_the_stall_threshold_is_not_remembered():
+    """Answers a few hundred ms late on a busy node: the next failover stays fast."""
+    health = up()
+    for k in range(10):
+        stall(health, S + 2.0 + 2 * k, 0.9 * DEFAULT.stall_min)
+    assert not health.stalls
+    assert health.dead_after(S + 25.0) == DEFAULT.dead_interval
+
+
+def test_a_target_that_just_came_up_is_settling():
+    """Right after coming up (OpenVPN clients connecting, the bond reselecting) hiccups are not the path's."""
+    health = up()
+    for at in (2.0, 4.0, 6.0):
+        stall(health, at, 1.0)
+    assert not health.stalls
+    assert health.dead_after(7.0) == DEFAULT.dead_interval
 
 
 def test_answers_less_than_a_second_apart_are_one_stall():
     health = up()
     for k in range(10):  # a burst of late answers after one stall
-        stall(health, 2.0 + k * 0.02, 0.5 - k * 0.02)
+        stall(health, S + 2.0 + k * 0.02, 0.8 - k * 0.02)
     assert len(health.stalls) == 1
-    assert health.dead_after(2.5) == DEFAULT.dead_interval
+    assert health.dead_after(S + 2.5) == DEFAULT.dead_interval
 
 
 def test_a_stalling_path_is_not_called_down_by_the_next_longer_stall():
     health = up()
-    for at in (2.0, 4.0, 6.0):
+    for at in (S + 2.0, S + 4.0, S + 6.0):
         stall(health, at, 0.6)
-    t = 6.0
-    while t < 8.0:  # 2 s of silence after the last answer, probes unanswered (< 4 x 0.6 s)
+    t = S + 6.0
+    while t < S + 8.0:  # 2 s of silence after the last answer, probes unanswered (< 4 x 0.6 s)
         health.sent(t)
         t += DEFAULT.burst_interval
         health.tick(t)
     assert health.state is not Health.DOWN
-    while t < 8.5:  # but not for ever
+    while t < S + 8.5:  # but not for ever
         health.sent(t)
         t += DEFAULT.burst_interval
         health.tick(t)
@@ -197,7 +218,7 @@ def test_late_answers_from_a_target_coming_back_are_not_stalls():
     """A restarted vpn-shoot answers the probes queued while it was down all at once,
     seconds late: that is a restart, and must not slow down the next failover."""
     health = up()
-    t = silent_until_down(health, 1.0)
+    t = silent_until_down(health, S)
     for k in range(3):  # three late answers, seconds apart, to probes sent while down
         t += 1.5
         health.sent(t - 1.2)
@@ -211,7 +232,7 @@ def test_late_answers_from_a_target_coming_back_are_not_stalls():
 def test_a_stall_longer_than_the_dead_interval_still_counts():
     """A probe sent while the path was up and answered after it was called down is a stall."""
     health = up()
-    health.sent(1.0)
-    t = silent_until_down(health, 1.0 + DEFAULT.burst_interval)
-    health.answered(t + 0.5 - 1.0, t + 0.5)
-    assert len(health.stalls) == 1 and health.stalls[0][1] == pytest.approx(t - 0.5)
+    health.sent(S)
+    t = silent_until_down(health, S + DEFAULT.burst_interval)
+    health.answered(t + 0.5 - S, t + 0.5)
+    assert len(health.stalls) == 1 and health.stalls[0][1] == pytest.approx(t + 0.5 - S)
