@@ -1,7 +1,7 @@
 """End-to-end failover benchmark on the full HA topology (real OpenVPN), ours
 and vpn2's probe timing side by side in one run.
 
-    .venv/bin/python -m kernel_sandbox --timeout 5400 -- .venv/bin/python -m benchmarks.end_to_end \
+    .venv/bin/python -m kernel_sandbox --timeout 5400 --mem 6G -- .venv/bin/python -m benchmarks.end_to_end \
         [--runs 10] [--loss-seconds 600] [--idle-seconds 60]
 
 Four kube-apiservers: two run our path-controller, two run the vpn2 timing
