@@ -112,9 +112,10 @@ class TargetHealth:
         # run of them means the path itself got slower.
         if rtt > max(self.timing.stall_min, 2 * self.late_after):
             if now - rtt < self.down_since and now - self.up_since >= self.timing.stall_settle:
-                # Sent while the target counted as alive: the path stalled. Probes sent to a
-                # target not known alive (start-up, down) are answered late when it comes
-                # (back): queued until its neighbour entry resolves, not a stalling path.
+                # Sent while the target counted as alive and had settled: the path stalled.
+                # Probes sent to a target not known alive (start-up, down) are answered late
+                # when it comes (back), queued until its neighbour entry resolves; a target
+                # just up still has its OpenVPN clients connecting. Neither is the path's.
                 self._stalled(rtt, now)
             self.stalls_in_a_row += 1
             if self.stalls_in_a_row >= 10:
