@@ -39,8 +39,9 @@ async def link_by_name(ipr: AsyncIPRoute, name: str):
     return answers[0] if answers else None
 
 
-_NLMSG_HEADER = struct.Struct("IHHII")
-_IFINFOMSG = struct.Struct("BxHiII")  # family, type, index, flags, change
+# Fixed headers, for parser hooks that look at a message before pyroute2 decodes it.
+NLMSG_HEADER = struct.Struct("IHHII")  # length, type, flags, sequence, pid
+IFINFOMSG = struct.Struct("BxHiII")  # family, type, index, flags, change
 
 
 async def link_index(ipr: AsyncIPRoute, name: str) -> int | None:
@@ -52,10 +53,10 @@ async def link_index(ipr: AsyncIPRoute, name: str) -> int | None:
     full_parse = ipr.marshal.parse_one_message
 
     def index_only(data: bytes, offset: int, length: int):
-        _, kind, flags, seq, _ = _NLMSG_HEADER.unpack_from(data, offset)
+        _, kind, flags, seq, _ = NLMSG_HEADER.unpack_from(data, offset)
         if kind != RTM_NEWLINK:
             return full_parse(kind, flags, seq, data, offset, length)  # an error: raised as NetlinkError
-        index = _IFINFOMSG.unpack_from(data, offset + 16)[2]
+        index = IFINFOMSG.unpack_from(data, offset + 16)[2]
         return {"header": {"type": kind, "flags": flags, "sequence_number": seq, "error": None}, "index": index}
 
     answers = await _get_link(ipr, name, parser=index_only)

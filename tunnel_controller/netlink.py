@@ -149,8 +149,6 @@ class RouteGone:
 
 KernelEvent = LinkGone | LinkDown | RouteGone
 
-_NLMSG_HEADER = struct.Struct("IHHII")
-_IFINFOMSG = struct.Struct("BxHiII")  # family, type, index, flags, change
 _RTMSG = struct.Struct("BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 
 
@@ -176,9 +174,9 @@ class EventWatch:
         full_parse = marshal.parse_one_message
 
         def prefilter(data: bytes, offset: int, length: int):
-            _, kind, flags, seq, _ = _NLMSG_HEADER.unpack_from(data, offset)
+            _, kind, flags, seq, _ = links.NLMSG_HEADER.unpack_from(data, offset)
             if kind in (RTM_NEWLINK, RTM_DELLINK):
-                _, dev_type, index, if_flags, _ = _IFINFOMSG.unpack_from(data, offset + 16)
+                _, dev_type, index, if_flags, _ = links.IFINFOMSG.unpack_from(data, offset + 16)
                 if dev_type != ARPHRD_TUNNEL6:
                     return None
                 if kind == RTM_NEWLINK and (if_flags & IFF_UP or not self.watched(index)):
