@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 from pyroute2 import AsyncIPRoute  # noqa: E402
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE  # noqa: E402
 
+from benchmarks.common import Namespaces  # noqa: E402
 from bonding import links  # noqa: E402
 from bonding.plan import shoot_tunnel_name  # noqa: E402
 from tests.netns import nsutil  # noqa: E402
@@ -50,6 +51,7 @@ from tests.netns.topology import PLAN, BondLab  # noqa: E402
 from tests.netns.tunnel_tools import add_bond_addresses, add_host_address, http_get, ns_socket, route_via  # noqa: E402
 
 RESULTS = REPO / "results"
+LOGS = RESULTS / "bench-logs"
 PYTHON = sys.executable
 SHOOT_V4 = "100.64.0.1"
 TRIALS = 30
@@ -58,28 +60,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --- plumbing ---------------------------------------------------------------
-
-
-class Namespaces:
-    def __init__(self):
-        self.created: list[str] = []
-        self.iprs: list[AsyncIPRoute] = []
-
-    def make(self, prefix: str = "b") -> str:
-        name = nsutil.create_netns(prefix)
-        self.created.append(name)
-        return name
-
-    async def ipr(self, ns: str) -> AsyncIPRoute:
-        ipr = AsyncIPRoute(netns=ns)
-        self.iprs.append(ipr)
-        return ipr
-
-    def close(self) -> None:
-        for ipr in self.iprs:
-            ipr.close()
-        for name in reversed(self.created):
-            nsutil.delete_netns(name)
 
 
 class Daemon:
@@ -251,7 +231,7 @@ def summary(values: list[float]) -> dict:
 
 
 async def first_announcement_and_more(spaces: Namespaces) -> dict:
-    lab = await BondLab.create(spaces.make, spaces.ipr)
+    lab = await BondLab.create(spaces.make_netns, spaces.ipr_factory)
     shoot = await lab.add_shoot(0)
     seed = await lab.add_seed("apiserver", 0x101)
     shoot_ipr, seed_ipr = await lab.ipr(shoot), await lab.ipr(seed)
@@ -262,7 +242,7 @@ async def first_announcement_and_more(spaces: Namespaces) -> dict:
     results: dict = {}
     try:
         await daemon.wait_for_log("listening for announcements")
-        watch = await RouteWatch(await spaces.ipr(shoot.ns)).start()
+        watch = await RouteWatch(await spaces.ipr_factory(shoot.ns)).start()
         udp = sender(seed.ns)
         send_from(udp, seed.address, shoot.address, b"10.96.0.1")  # the seed's own tunnel: answers come back
         await watch.wait("10.96.0.1")
@@ -402,7 +382,7 @@ print(sent, flush=True)
 
 
 async def thousand_sources(spaces: Namespaces) -> dict:
-    lab = await BondLab.create(spaces.make, spaces.ipr)
+    lab = await BondLab.create(spaces.make_netns, spaces.ipr_factory)
     shoot = await lab.add_shoot(0)
     seed = await lab.add_seed("apiserver", 0x101)
     seed_ipr = await lab.ipr(seed)
@@ -412,7 +392,7 @@ async def thousand_sources(spaces: Namespaces) -> dict:
     daemon = Daemon(shoot.ns, "thousand", MAX_PEERS=SOURCES * 2)
     try:
         await daemon.wait_for_log("listening for announcements")
-        watch = await RouteWatch(await spaces.ipr(shoot.ns)).start()
+        watch = await RouteWatch(await spaces.ipr_factory(shoot.ns)).start()
         udp = sender(seed.ns)
         pod_ips = {source: f"10.{98 + i // 65536}.{i // 256 % 256}.{i % 256}" for i, source in enumerate(sources)}
         probing = asyncio.Event()
@@ -452,7 +432,7 @@ async def thousand_sources(spaces: Namespaces) -> dict:
 
 async def ip_batch_floor(spaces: Namespaces) -> float:
     """The same kernel work (1 000 ip6tnl devices up, 1 000 routes) done by iproute2 in one batch."""
-    ns = spaces.make("floor")
+    ns = spaces.make_netns("floor")
     lines = []
     for i in range(SOURCES):
         remote = PLAN.seed_client(0x2000 + i)
@@ -510,16 +490,10 @@ async def main(argv: list[str]) -> int:
     RESULTS.mkdir(exist_ok=True)
     results = {"kernel": os.uname().release, "sandbox": os.environ.get("SANDBOX_KERNEL", "host")}
     if args.only != "thousand":
-        spaces = Namespaces()
-        try:
+        async with Namespaces(LOGS) as spaces:
             results.update(await first_announcement_and_more(spaces))
-        finally:
-            spaces.close()
-    spaces = Namespaces()
-    try:
+    async with Namespaces(LOGS) as spaces:
         results["thousand_sources"] = await thousand_sources(spaces)
-    finally:
-        spaces.close()
     if args.only:
         print(json.dumps(results, indent=2))
         return 0

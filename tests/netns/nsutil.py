@@ -8,8 +8,10 @@ import os
 import secrets
 import shlex
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -238,14 +240,33 @@ class Snapshot:
 # --- sockets inside a namespace (created there, used from the test process) ---
 
 
-def ns_socket(ns: str, family: int, kind: int, proto: int = 0):
-    return pr_netns.create_socket(ns, family, kind, proto)
+def ns_socket(ns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
+    """A socket living in namespace ``ns``; the calling thread stays where it is.
+
+    setns(2) moves only the calling thread, so a short-lived thread enters ``ns``,
+    creates the socket and ends. pyroute2's create_socket forks a helper process
+    instead, which from a threaded test process failed after a few thousand calls
+    ("could not start netns socket within timeout").
+    """
+    result: list = []
+
+    def enter_and_create() -> None:
+        try:
+            pr_netns.setns(ns, flags=0, fork=False)
+            result.append(socket.socket(family, kind, proto))
+        except BaseException as error:  # handed to the caller below
+            result.append(error)
+
+    thread = threading.Thread(target=enter_and_create, name=f"ns-socket-{ns}")
+    thread.start()
+    thread.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
 
 
 def http_get(ns: str, port: int, path: str, host: str = "127.0.0.1", timeout: float = 5.0) -> tuple[int, str]:
     """GET ``path`` from a server listening inside ``ns``; (status, body)."""
-    import socket
-
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = ns_socket(ns, family, socket.SOCK_STREAM)
     try:

@@ -13,20 +13,15 @@ import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
-from pyroute2 import netns as pr_netns
 
 from announcement import ANNOUNCE_PORT
 from bonding.plan import shoot_tunnel_name
 from tests.netns import nsutil
+from tests.netns.nsutil import ns_socket
 from tests.netns.topology import Peer
 
 ROUTE_PROTOCOL = 119
 STARTUP_TIMEOUT = 60.0  # Python starts in ~2 s under UML; a loaded CI box can take much longer
-
-
-def ns_socket(ns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
-    """A socket living in namespace ``ns`` (the test process stays where it is)."""
-    return pr_netns.create_socket(ns, family, kind, proto, flags=0)
 
 
 # --- the daemon -------------------------------------------------------------
