@@ -208,7 +208,8 @@ class PathController:
         if j is None:
             return
         self.metrics.rtt.labels(j).observe(rtt)
-        self._note(j, self.health[j].answered(rtt, now), now)
+        others = [h for k, h in self.health.items() if k != j]
+        self._note(j, self.health[j].answered(rtt, now, others), now)
         waiter = self._answer_waiters.get(j)
         if waiter is not None:
             _settle(waiter, True)
@@ -249,7 +250,7 @@ class PathController:
         if self.selector is None:
             return
         was_stranded = self.selector.stranded
-        switch = self.selector.decide({j: h.state for j, h in self.health.items()}, now)
+        switch = self.selector.decide(self.health, now)
         if switch is not None:
             self._switched(switch)
         if self.selector.stranded and not was_stranded:

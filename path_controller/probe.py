@@ -12,13 +12,16 @@ down about ``dead_interval`` after its last answer. It comes back UP after
 ``rise`` consecutive answers.
 
 Time the daemon itself did not run (a stalled event loop) does not count as
-silence: it cannot tell anything about the target.
+silence: it cannot tell anything about the target. Neither does a stall that
+every other live target saw at the same time: that one is local (this node,
+its bond, a server failover), not the path's.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -98,20 +101,34 @@ class TargetHealth:
         # Since when the target is not known alive (UNKNOWN, DOWN, RISING); inf while it is.
         self.down_since = now
         self.up_since = float("-inf")  # when it last became UP (from UNKNOWN, DOWN or RISING)
+        # Evidence for comparing targets: when the current silence began (send time of
+        # its first unanswered probe), and the send times of recent probes answered on
+        # time (within late_after).
+        self.silent_since = float("inf")
+        self.on_time: deque[float] = deque(maxlen=64)
 
     # --- inputs -----------------------------------------------------------
 
     def sent(self, now: float) -> None:
+        if not self.unanswered:
+            self.silent_since = now
         self.unanswered.append(now)
         self.last_tick = now  # we are running
 
-    def answered(self, rtt: float, now: float) -> Transition | None:
-        """A matching echo reply arrived (possibly late)."""
+    def answered(self, rtt: float, now: float, others: Iterable[TargetHealth] = ()) -> Transition | None:
+        """A matching echo reply arrived (possibly late); ``others`` are the other targets."""
+        sent_at = now - rtt
+        if rtt <= self.late_after:
+            self.on_time.append(sent_at)
         # A stall is far beyond the usual round trip; it must not drag the
         # RTT estimate (and with it every timeout) up for minutes. Only a
         # run of them means the path itself got slower.
         if rtt > max(self.timing.stall_min, 2 * self.late_after):
-            if now - rtt < self.down_since and now - self.up_since >= self.timing.stall_settle:
+            if (
+                sent_at < self.down_since
+                and now - self.up_since >= self.timing.stall_settle
+                and not stall_was_local(sent_at, rtt, others)
+            ):
                 # Sent while the target counted as alive and had settled: the path stalled.
                 # Probes sent to a target not known alive (start-up, down) are answered late
                 # when it comes (back), queued until its neighbour entry resolves; a target
@@ -125,6 +142,7 @@ class TargetHealth:
             self._update_rtt(rtt)
         self.last_answer = self.last_tick = now
         self.unanswered.clear()
+        self.silent_since = float("inf")
         self.consecutive_answers += 1
         if self.state in (Health.UNKNOWN, Health.DOWN, Health.RISING):
             if self.consecutive_answers >= self.timing.rise:
@@ -145,6 +163,7 @@ class TargetHealth:
         if stalled > 0:
             # We were not running: forgive that time and the probes' lateness.
             self.last_answer += stalled
+            self.silent_since += stalled
             self.unanswered = deque((t + stalled for t in self.unanswered), maxlen=self.unanswered.maxlen)
         self.last_tick = now
         lost = self._lost(now)
@@ -168,6 +187,16 @@ class TargetHealth:
         if self.state in (Health.SUSPECT, Health.UNKNOWN):
             return self.timing.burst_interval
         return self.timing.interval
+
+    def answered_on_time_between(self, start: float, end: float) -> bool:
+        """Whether a probe sent between ``start`` and ``end`` was answered on time."""
+        return any(start <= sent_at <= end for sent_at in self.on_time)
+
+    def lost_window(self, now: float) -> tuple[float, float] | None:
+        """Send times of the first and the latest probe lost in the current silence."""
+        deadline = now - self.late_after
+        overdue = [sent_at for sent_at in self.unanswered if sent_at <= deadline]
+        return (min(self.silent_since, overdue[0]), overdue[-1]) if overdue else None
 
     def dead_after(self, now: float) -> float:
         """Silence that makes the target down: ``dead_interval``, stretched on
@@ -221,3 +250,16 @@ class TargetHealth:
         if new is Health.DOWN:
             self.consecutive_answers = 0
         return transition
+
+
+def stall_was_local(sent_at: float, rtt: float, others: Iterable[TargetHealth]) -> bool:
+    """A stall of ``rtt`` on a probe sent at ``sent_at`` hit every live target alike.
+
+    If another target that was alive at ``sent_at`` answered on time a probe
+    sent in the second half of the stall, the stall was this path's. If none
+    did, it was this node's, its bond's or a server's (all targets share
+    those), and says nothing about the path. With no other target alive then
+    there is nothing to compare: the path's.
+    """
+    live = [other for other in others if other.down_since > sent_at]
+    return bool(live) and not any(other.answered_on_time_between(sent_at + rtt / 2, sent_at + rtt) for other in live)

@@ -2,6 +2,10 @@
 
 * Sticky: the primary changes only when it is DOWN and another target is
   healthy; a recovered target does not take traffic back (no flapping).
+* Evidence: the other target must have answered on time a probe sent while
+  the primary's probes were being lost. When every target went silent
+  together (this node stalled, a server failed over) no path is better than
+  the primary; switching would only add a route change.
 * Spread: each kube-apiserver has its own preference order over the targets,
   a rotation fixed by a hash of its identity, so pods spread over the
   vpn-shoots deterministically instead of at random.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from path_controller.probe import Health
 
@@ -24,6 +29,16 @@ def preference_order(identity: str, targets: int) -> list[int]:
     """Rotation of ``range(targets)`` starting at sha256(identity) mod targets."""
     start = int.from_bytes(hashlib.sha256(identity.encode()).digest()[:4], "big") % targets
     return [(start + k) % targets for k in range(targets)]
+
+
+class TargetView(Protocol):
+    """What selection reads of a target's health (probe.TargetHealth has it)."""
+
+    state: Health
+
+    def lost_window(self, now: float) -> tuple[float, float] | None: ...
+
+    def answered_on_time_between(self, start: float, end: float) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -41,19 +56,21 @@ class PathSelector:
         self.startup_grace = startup_grace
         self.stranded = False  # primary down and nothing healthy to go to
 
-    def decide(self, states: Mapping[int, Health], now: float) -> Switch | None:
+    def decide(self, targets: Mapping[int, TargetView], now: float) -> Switch | None:
         """A Switch when the primary must change, else None."""
+        states = {j: target.state for j, target in targets.items()}
         if self.primary is None:
             return self._first_choice(states, now)
         if states[self.primary] is not Health.DOWN:
             self.stranded = False
             return None
-        for candidate in self.order:
-            if candidate != self.primary and states[candidate].healthy:
-                self.stranded = False
+        healthy = [j for j in self.order if j != self.primary and states[j].healthy]
+        self.stranded = not healthy
+        lost = targets[self.primary].lost_window(now)
+        for candidate in healthy:
+            if lost is None or targets[candidate].answered_on_time_between(*lost):
                 return self._switch(candidate, "primary down")
-        self.stranded = True
-        return None
+        return None  # the others were silent too: wait until one answers while the primary does not
 
     def _first_choice(self, states: Mapping[int, Health], now: float) -> Switch | None:
         in_grace = now - self.started < self.startup_grace

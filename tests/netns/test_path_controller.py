@@ -137,6 +137,37 @@ async def test_no_switch_under_20_percent_loss(lab):
     assert sent > 100, "the path was really probed"
 
 
+async def test_silences_every_target_shares_do_not_switch(lab):
+    """The kube-apiserver's own links go dark (a stalled node, a server failing over):
+    every target falls silent at once, no path is better, the primary stays."""
+    lab.start()
+    await lab.wait_routes_via(PREFERRED)
+    for _ in range(4):  # before the evidence rule, each of these switched about half the time
+        await nsutil.wait_for(
+            lambda: _both_targets_up(lab), timeout=10, message="both targets up before the blackout"
+        )
+        lab.bond_lab.netem(lab.seed, "loss 100%")
+        await nsutil.wait_for(
+            lambda: _target_down(lab, 0, 1), timeout=10, message="both targets called down in the blackout"
+        )
+        lab.bond_lab.netem(lab.seed, None)
+    await nsutil.wait_for(lambda: _both_targets_up(lab), timeout=10, message="both targets up again")
+    metrics = await lab.metrics()
+    assert nsutil.metric_value(metrics, "path_controller_switches_total", reason="primary down") in (None, 0)
+    assert await lab.routes_via(PREFERRED)
+
+
+async def _both_targets_up(lab: Lab) -> bool:
+    metrics = await lab.metrics()
+    return all(nsutil.metric_value(metrics, "path_controller_target_up", target=str(j)) == 1 for j in (0, 1))
+
+
+async def _target_down(lab: Lab, *targets: int) -> bool:
+    metrics = await lab.metrics()
+    state = "path_controller_target_state"
+    return all(nsutil.metric_value(metrics, state, target=str(j), **{state: "down"}) == 1 for j in targets)
+
+
 async def test_none_healthy_keeps_routes_and_readiness_says_why(lab):
     lab.start()
     await lab.wait_routes_via(PREFERRED)

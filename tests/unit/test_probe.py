@@ -236,3 +236,85 @@ def test_a_stall_longer_than_the_dead_interval_still_counts():
     t = silent_until_down(health, S + DEFAULT.burst_interval)
     health.answered(t + 0.5 - S, t + 0.5)
     assert len(health.stalls) == 1 and health.stalls[0][1] == pytest.approx(t + 0.5 - S)
+
+
+def answering(health: TargetHealth, start: float, end: float, rtt: float = 0.001) -> None:
+    """The target answers every probe on time from ``start`` to ``end``."""
+    t = start
+    while t < end:
+        health.sent(t)
+        health.answered(rtt, t + rtt)
+        t += DEFAULT.interval
+
+
+def test_stalls_every_live_target_saw_are_local_and_not_remembered():
+    """A saturated node (or a server failover) delays every target's answers at once:
+    the paths are fine, and the next failover must stay fast."""
+    a, b = up(), up()
+    for at in (S + 2.0, S + 5.0, S + 9.0):
+        answering(a, at - 2.0, at - 1.5)
+        answering(b, at - 2.0, at - 1.5)
+        stall_with_others(a, at, 1.2, [b])
+        stall_with_others(b, at, 1.2, [a])
+    assert health_stalls(a, b) == (0, 0)
+    assert a.dead_after(S + 9.5) == b.dead_after(S + 9.5) == DEFAULT.dead_interval
+
+
+def health_stalls(*healths: TargetHealth) -> tuple[int, ...]:
+    return tuple(len(h.stalls) for h in healths)
+
+
+def stall_with_others(health: TargetHealth, at: float, length: float, others: list[TargetHealth]) -> None:
+    health.sent(at - length)
+    health.answered(length, at, others)
+
+
+def test_a_stall_only_this_path_had_is_remembered():
+    """The other vpn-shoot answered on time throughout: the stalls were this path's."""
+    a, b = up(), up()
+    for at in (S + 2.0, S + 5.0, S + 9.0):
+        answering(b, at - 1.0, at)
+        stall_with_others(a, at, 0.8, [b])
+    assert len(a.stalls) == 3
+    assert a.dead_after(S + 9.5) == pytest.approx(DEFAULT.stall_factor * 0.8)
+
+
+def test_a_shared_stall_is_judged_local_whichever_answer_comes_first():
+    a, b = up(), up()
+    answering(a, S, S + 1.0)
+    answering(b, S, S + 1.0)
+    stall_with_others(b, S + 2.0, 0.9, [a])  # b first: a has been silent too
+    stall_with_others(a, S + 2.0, 0.9, [b])  # then a: b's answer was as late
+    assert health_stalls(a, b) == (0, 0)
+
+
+def test_a_target_dead_before_the_stall_is_no_witness():
+    """With the other vpn-shoot down there is nothing to compare: the stall counts."""
+    a, b = up(), up()
+    silent_until_down(b, S)
+    stall_with_others(a, S + 2.0, 0.8, [b])
+    assert len(a.stalls) == 1
+
+
+def test_a_target_that_went_down_during_the_stall_is_a_witness():
+    """A local stall longer than the dead interval: the other target was called down in it."""
+    a, b = up(), up()
+    answering(a, S, S + 1.0)
+    answering(b, S, S + 1.0)
+    silent_until_down(b, S + 1.0)
+    stall_with_others(a, S + 2.0, 1.0, [b])
+    assert not a.stalls
+
+
+def test_silence_and_on_time_evidence():
+    health = up()
+    health.sent(S)
+    health.sent(S + 0.1)
+    assert health.lost_window(S + 0.11) == (S, S)  # the second probe is not overdue yet
+    assert health.lost_window(S + 0.2) == (S, S + 0.1)
+    health.answered(0.002, S + 0.102)  # answers the second probe on time
+    assert health.lost_window(S + 0.2) is None
+    assert health.answered_on_time_between(S + 0.1, S + 0.2) and not health.answered_on_time_between(S + 0.11, S + 1)
+    health.sent(S + 0.2)
+    health.answered(0.9, S + 1.1)  # late: no evidence of a working path
+    assert not health.answered_on_time_between(S + 0.15, S + 2)
