@@ -29,7 +29,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS, Namespaces, cpu_seconds, environment, rss_mib, summary, write_result
 from tests.netns import nsutil
-from tests.netns.ha_topology import SHOOT_POD, SHOOT_POD6, SHOOT_TARGETS, HaTopology
+from tests.netns.ha_topology import NS_MONITOR, SHOOT_POD, SHOOT_POD6, SHOOT_TARGETS, HaTopology
 from tests.netns.traffic import TcpEchoServer, TcpStream, UdpEchoServer, UdpStream
 
 OURS, VPN2 = "ours", "vpn2-profile"
@@ -121,13 +121,6 @@ async def server_killed(bench: Bench, runs: int) -> tuple[dict[str, list[float]]
     return results, survived
 
 
-def set_bond_monitor(topo: HaTopology, on: bool) -> None:
-    monitor = {"BOND_MONITOR": "ns", "BOND_NS_INTERVAL_MS": "100", "BOND_NS_MISSED_MAX": "3"} if on else {}
-    for member in (*topo.apiservers, *topo.shoots):
-        identity = {"IS_SHOOT_CLIENT": "true", "POD_NAME": member.name} if member in topo.shoots else {"POD_NAME": member.pod_name}
-        topo._bonding_setup(member, **identity, **monitor)
-
-
 async def active_server(topo: HaTopology) -> int:
     """The server the first apiserver's bond currently uses."""
     ipr = await topo.ipr_factory(topo.apiservers[0].ns)
@@ -139,7 +132,7 @@ async def active_server(topo: HaTopology) -> int:
 
 async def server_blackholed(bench: Bench, runs: int, monitor: bool) -> list[float]:
     topo = bench.topo
-    set_bond_monitor(topo, monitor)
+    topo.set_bond_monitor(**(NS_MONITOR if monitor else {}))
     await topo.wait_converged()
     results = []
     for run in range(runs):
@@ -247,7 +240,7 @@ async def run(args) -> dict:
         log("vpn-seed-server black-holed")
         blackhole_off = await server_blackholed(bench, 1, monitor=False)
         blackhole_on = await server_blackholed(bench, args.runs, monitor=True)
-        set_bond_monitor(topo, False)
+        topo.set_bond_monitor()
         await topo.wait_converged()
         log("loss")
         false_switches = await path_loss(bench, args.loss_seconds)

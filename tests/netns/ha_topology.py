@@ -42,6 +42,8 @@ SHOOT_SERVICE = ip_address("100.64.0.10")
 SHOOT_SERVICE6 = ip_address("fd00:64::10")
 SHOOT_TARGETS = (SHOOT_NODE, SHOOT_NODE6, SHOOT_POD, SHOOT_POD6, SHOOT_SERVICE, SHOOT_SERVICE6)
 
+# The opt-in bond monitor as scenario 3 and the benchmark run it: NS every 100 ms, down after 3 missed.
+NS_MONITOR = {"BOND_MONITOR": "ns", "BOND_NS_INTERVAL_MS": "100", "BOND_NS_MISSED_MAX": "3"}
 
 @dataclass
 class Member:
@@ -187,6 +189,15 @@ class HaTopology:
             member.processes[f"openvpn{i}"] = self.processes.start(
                 member.ns, ["openvpn", "--config", str(config)], name=f"{member.name}-tap{i}"
             )
+
+    def set_bond_monitor(self, **monitor) -> None:
+        """Re-run bonding setup in every pod with ``monitor`` (BOND_MONITOR=…, or nothing
+        for carrier sensing); it converges each bond in place."""
+        for member in (*self.apiservers, *self.shoots):
+            if member in self.shoots:
+                self._bonding_setup(member, IS_SHOOT_CLIENT="true", POD_NAME=member.name, **monitor)
+            else:
+                self._bonding_setup(member, POD_NAME=member.pod_name, **monitor)
 
     def _bonding_setup(self, member: Member, **env) -> None:
         values = {"HA_VPN_SERVERS": len(self.servers), "HA_VPN_CLIENTS": self.options["shoots"]}

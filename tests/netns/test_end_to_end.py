@@ -19,7 +19,7 @@ import pytest_asyncio
 
 from benchmarks.common import Namespaces
 from tests.netns import nsutil
-from tests.netns.ha_topology import SHOOT_POD, SHOOT_POD6, SHOOT_TARGETS, HaTopology
+from tests.netns.ha_topology import NS_MONITOR, SHOOT_POD, SHOOT_POD6, SHOOT_TARGETS, HaTopology
 from tests.netns.traffic import TcpEchoServer, TcpStream, UdpEchoServer, UdpStream
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -211,15 +211,6 @@ async def test_apiserver_replaced_new_tunnels_and_old_ones_expire(topo, streams)
     await nsutil.wait_for(old_gone, timeout=PEER_EXPIRY + 30, message="the old apiserver's tunnels expired")
 
 
-def set_bond_monitor(topo, **monitor) -> None:
-    """Re-run bonding setup in every pod; it converges the bond in place."""
-    for member in (*topo.apiservers, *topo.shoots):
-        if member in topo.shoots:
-            topo._bonding_setup(member, IS_SHOOT_CLIENT="true", POD_NAME=member.name, **monitor)
-        else:
-            topo._bonding_setup(member, POD_NAME=member.pod_name, **monitor)
-
-
 async def test_server_blackholed_with_and_without_bond_monitoring(topo, streams):
     api = topo.apiservers[0]
     server = topo.servers[0]
@@ -239,7 +230,7 @@ async def test_server_blackholed_with_and_without_bond_monitoring(topo, streams)
         await topo.wait_converged()
 
     # With the bond's NS monitor on every peer.
-    set_bond_monitor(topo, BOND_MONITOR="ns", BOND_NS_INTERVAL_MS="100", BOND_NS_MISSED_MAX="3")
+    topo.set_bond_monitor(**NS_MONITOR)
     try:
         await topo.wait_converged()
         await udp.wait_flowing()
@@ -249,7 +240,7 @@ async def test_server_blackholed_with_and_without_bond_monitoring(topo, streams)
         with_monitor = udp.recovery_after(t1)
     finally:
         topo.blackhole(server, on=False)
-        set_bond_monitor(topo)
+        topo.set_bond_monitor()
         await topo.wait_bonds_on(0)
         await topo.wait_converged()
     print(f"black-holed server: traffic again after {without:.2f} s without and {with_monitor:.2f} s with NS monitoring")
