@@ -64,7 +64,20 @@ class Bench:
         async def all_back():
             return all(s.recovery_after(t0) is not None for s in self.streams.values())
 
-        await nsutil.wait_for(all_back, timeout=timeout, interval=0.2, message="traffic again on every stream")
+        try:
+            await nsutil.wait_for(all_back, timeout=timeout, interval=0.2, message="traffic again on every stream")
+        except AssertionError:
+            await self.dump_metrics()
+            raise
+
+    async def dump_metrics(self) -> None:
+        """Every kube-apiserver's /metrics into the log directory, to explain a failure."""
+        for api in self.topo.apiservers:
+            try:
+                _, body = await nsutil.http_get_async(api.ns, 8080, "/metrics")
+            except OSError as error:
+                body = f"unreachable: {error}"
+            (RESULTS / "end-to-end-logs" / f"{api.name}-metrics.txt").write_text(body)
 
     async def switches(self) -> dict[str, float]:
         return {

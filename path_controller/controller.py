@@ -220,6 +220,9 @@ class PathController:
             self.metrics.probes_lost.labels(j).inc()
 
     def _note(self, j: int, transition: Transition | None, now: float) -> None:
+        health = self.health[j]
+        self.metrics.dead_interval.labels(j).set(health.dead_after(now))
+        self.metrics.late_after.labels(j).set(health.late_after)
         if transition is not None:
             self._export_state(j)
             # Up and down are events; suspect/rising flicker under loss and stay at debug.

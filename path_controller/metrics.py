@@ -18,6 +18,13 @@ class PathMetrics:
             states=[h.value for h in Health], registry=registry,
         )
         self.rtt = Histogram(f"{ns}_probe_rtt_seconds", "Echo round-trip time per vpn-shoot.", ["target"], buckets=RTT_BUCKETS, registry=registry)
+        self.dead_interval = Gauge(
+            f"{ns}_dead_interval_seconds",
+            "Silence that makes the vpn-shoot down now (longer on a path that keeps stalling).", ["target"], registry=registry,
+        )
+        self.late_after = Gauge(
+            f"{ns}_late_after_seconds", "Age at which an unanswered probe counts as lost.", ["target"], registry=registry,
+        )
         self.probes_sent = Counter(f"{ns}_probes_sent_total", "Echo requests sent.", ["target"], registry=registry)
         self.probes_lost = Counter(f"{ns}_probes_lost_total", "Echo requests never answered.", ["target"], registry=registry)
         self.probe_send_errors = Counter(f"{ns}_probe_send_errors_total", "Echo requests the kernel refused.", ["target"], registry=registry)

@@ -20,6 +20,7 @@ its bond, a server failover), not the path's.
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -55,6 +56,14 @@ class ProbeTiming:
     min_lost: int = 12
     rise: int = 3
     late_after: float = 0.025
+    # The lost-probe deadline (2 x SRTT + 4 x RTTVAR) never grows beyond this: a
+    # path whose round trip is seconds is stalling, and the unanswered probes
+    # kept must span the deadline or none would ever count as lost.
+    late_after_max: float = 2.0
+    # Only answers that keep coming this late for this long (a path that got
+    # slower) enter the RTT estimate; the burst of late answers one stall
+    # releases arrives within milliseconds and does not.
+    slower_after: float = 5.0
     # A path that keeps answering after long stalls (OpenVPN's TCP
     # retransmitting over a lossy underlay: stall_events separate stalls
     # within stall_window) must stay silent stall_factor times the longest
@@ -90,12 +99,14 @@ class TargetHealth:
         self.last_answer = now  # start of the current silence
         self.last_tick = now
         # Send times since the last answer; the most recent ones are all a decision needs.
-        self.unanswered: deque[float] = deque(maxlen=max(64, 2 * timing.min_lost))
+        # Enough to span the longest lost-probe deadline at the burst rate.
+        keep = math.ceil(max(timing.late_after_max, timing.late_after) / max(timing.burst_interval, 0.001))
+        self.unanswered: deque[float] = deque(maxlen=max(64, keep + timing.min_lost + 1))
         self.consecutive_answers = 0
         self.srtt: float | None = None
         self.rttvar = 0.0
         self.stalls: deque[list[float]] = deque(maxlen=64)  # [when, longest rtt] per stall event
-        self.stalls_in_a_row = 0
+        self.late_run_since: float | None = None  # arrival of the first stall answer in a row
         self.stretch = 0.0  # silence needed while the path is known to stall
         self.stretch_until = float("-inf")
         # Since when the target is not known alive (UNKNOWN, DOWN, RISING); inf while it is.
@@ -120,26 +131,11 @@ class TargetHealth:
         sent_at = now - rtt
         if rtt <= self.late_after:
             self.on_time.append(sent_at)
-        # A stall is far beyond the usual round trip; it must not drag the
-        # RTT estimate (and with it every timeout) up for minutes. Only a
-        # run of them means the path itself got slower.
-        if rtt > max(self.timing.stall_min, 2 * self.late_after):
-            if (
-                sent_at < self.down_since
-                and now - self.up_since >= self.timing.stall_settle
-                and not stall_was_local(sent_at, rtt, others)
-            ):
-                # Sent while the target counted as alive and had settled: the path stalled.
-                # Probes sent to a target not known alive (start-up, down) are answered late
-                # when it comes (back), queued until its neighbour entry resolves; a target
-                # just up still has its OpenVPN clients connecting. Neither is the path's.
-                self._stalled(rtt, now)
-            self.stalls_in_a_row += 1
-            if self.stalls_in_a_row >= 10:
-                self._update_rtt(rtt)
-        else:
-            self.stalls_in_a_row = 0
-            self._update_rtt(rtt)
+        # Probes sent to a target not known alive (start-up, down) are answered late
+        # when it comes (back), all at once, queued until its neighbour entry resolved:
+        # they say nothing about the path, neither as stalls nor as round trips.
+        if self.up_since <= sent_at < self.down_since:
+            self._judge_round_trip(rtt, now, others)
         self.last_answer = self.last_tick = now
         self.unanswered.clear()
         self.silent_since = float("inf")
@@ -211,7 +207,8 @@ class TargetHealth:
     def late_after(self) -> float:
         if self.srtt is None:
             return self.timing.late_after
-        return max(self.timing.late_after, 2 * self.srtt + 4 * self.rttvar)
+        ceiling = max(self.timing.late_after, self.timing.late_after_max)
+        return min(ceiling, max(self.timing.late_after, 2 * self.srtt + 4 * self.rttvar))
 
     # --- internals --------------------------------------------------------
 
@@ -219,6 +216,26 @@ class TargetHealth:
         """Probes sent since the last answer whose reply is overdue."""
         deadline = now - self.late_after
         return sum(1 for sent_at in self.unanswered if sent_at <= deadline)
+
+    def _judge_round_trip(self, rtt: float, now: float, others: Iterable[TargetHealth]) -> None:
+        """The answer to a probe sent while the target was alive: a round trip, or a stall.
+
+        A stall is far beyond the usual round trip; it must not drag the RTT estimate
+        (and with it every deadline) up for minutes. Only late answers that keep coming
+        mean the path itself got slower.
+        """
+        if rtt <= max(self.timing.stall_min, 2 * self.late_after):
+            self.late_run_since = None
+            self._update_rtt(rtt)
+            return
+        # A target just up still has its OpenVPN clients connecting: its hiccups are not the path's.
+        sent_at = now - rtt
+        if now - self.up_since >= self.timing.stall_settle and not stall_was_local(sent_at, rtt, others):
+            self._stalled(rtt, now)
+        if self.late_run_since is None:
+            self.late_run_since = now
+        if now - self.late_run_since >= self.timing.slower_after:
+            self._update_rtt(rtt)
 
     def _stalled(self, rtt: float, now: float) -> None:
         """An answer came ``rtt`` late: note the stall event (answers less than a second apart are one)."""

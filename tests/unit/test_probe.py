@@ -318,3 +318,32 @@ def test_silence_and_on_time_evidence():
     health.sent(S + 0.2)
     health.answered(0.9, S + 1.1)  # late: no evidence of a working path
     assert not health.answered_on_time_between(S + 0.15, S + 2)
+
+
+def test_answers_queued_while_down_do_not_inflate_the_round_trip():
+    """A vpn-shoot coming back answers, all at once and in order, every probe queued while
+    it was down, up to seconds late; the next failover must still be detected fast."""
+    health = up()
+    t = silent_until_down(health, S)
+    queued = [t + k * DEFAULT.interval for k in range(130)]  # 13 s down
+    for sent_at in queued:
+        health.sent(sent_at)
+    back = queued[-1] + 0.05
+    for k, sent_at in enumerate(queued):  # the burst of answers, oldest first
+        health.answered(back + k * 0.0005 - sent_at, back + k * 0.0005)
+    assert health.state is Health.UP
+    assert health.late_after == DEFAULT.late_after
+    answering(health, back + 1.0, back + 3.0)
+    died = back + 3.0
+    assert silent_until_down(health, died) - died < 1.0
+
+
+def test_a_dead_target_is_called_down_even_on_a_slow_path():
+    """On a path whose answers kept coming seconds late the lost-probe deadline grew; it is
+    capped, and the probes kept span it, so a dead target is still called down."""
+    health = up()
+    answering(health, S, S + 10.0, rtt=1.5)  # slower_after passed: the estimate follows
+    assert health.late_after == DEFAULT.late_after_max
+    died = S + 10.0
+    took = silent_until_down(health, died) - died
+    assert DEFAULT.late_after_max <= took < DEFAULT.late_after_max + 1.0
