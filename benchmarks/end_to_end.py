@@ -2,7 +2,7 @@
 and vpn2's probe timing side by side in one run.
 
     .venv/bin/python -m kernel_sandbox --timeout 5400 --mem 6G -- .venv/bin/python -m benchmarks.end_to_end \
-        [--runs 10] [--loss-seconds 600] [--idle-seconds 60]
+        [--runs 10] [--loss-seconds 600] [--idle-seconds 60] [--scenarios shoot,server,...]
 
 Four kube-apiservers: two run our path-controller, two run the vpn2 timing
 profile (benchmarks/vpn2_profile.py: 2 s rounds, 10 × 1 s tries, rounds wait
@@ -33,6 +33,7 @@ from tests.netns.ha_topology import NS_MONITOR, SHOOT_POD, SHOOT_POD6, SHOOT_TAR
 from tests.netns.traffic import TcpEchoServer, TcpStream, UdpEchoServer, UdpStream
 
 OURS, VPN2 = "ours", "vpn2-profile"
+SCENARIOS = ("idle", "shoot", "server", "blackhole", "loss", "underlay")
 
 
 def log(text: str) -> None:
@@ -244,20 +245,29 @@ async def run(args) -> dict:
         await bench.open_streams()
         log(f"converged; profiles: {profiles}")
 
-        log("idle resources")
-        idle = await resources(topo, args.idle_seconds)
-        log("vpn-shoot killed")
-        shoot = await shoot_killed(bench, args.runs)
-        log("vpn-seed-server killed")
-        server, tcp_survived = await server_killed(bench, args.runs)
-        log("vpn-seed-server black-holed")
-        blackhole_off = await server_blackholed(bench, 1, monitor=False)
-        blackhole_on = await server_blackholed(bench, args.runs, monitor=True)
-        topo.set_bond_monitor()
-        await topo.wait_converged()
-        log("loss")
-        false_switches = await path_loss(bench, args.loss_seconds)
-        underlay = await underlay_loss(bench, args.underlay_onsets, args.underlay_seconds)
+        chosen = set(args.scenarios.split(","))
+        idle = shoot = server = blackhole_off = blackhole_on = false_switches = underlay = None
+        tcp_survived = 0
+        if "idle" in chosen:
+            log("idle resources")
+            idle = await resources(topo, args.idle_seconds)
+        if "shoot" in chosen:
+            log("vpn-shoot killed")
+            shoot = await shoot_killed(bench, args.runs)
+        if "server" in chosen:
+            log("vpn-seed-server killed")
+            server, tcp_survived = await server_killed(bench, args.runs)
+        if "blackhole" in chosen:
+            log("vpn-seed-server black-holed")
+            blackhole_off = await server_blackholed(bench, 1, monitor=False)
+            blackhole_on = await server_blackholed(bench, args.runs, monitor=True)
+            topo.set_bond_monitor()
+            await topo.wait_converged()
+        if "loss" in chosen:
+            log("loss")
+            false_switches = await path_loss(bench, args.loss_seconds)
+        if "underlay" in chosen:
+            underlay = await underlay_loss(bench, args.underlay_onsets, args.underlay_seconds)
 
         for stream in bench.streams.values():
             stream.close()
@@ -270,12 +280,13 @@ async def run(args) -> dict:
         "benchmark": "end_to_end",
         "environment": environment(),
         "topology": "2 OpenVPN servers, 4 kube-apiservers (2 ours, 2 vpn2 profile), 2 vpn-shoots, inside UML",
-        "shoot_killed_seconds": {p: summary(v) for p, v in shoot.items()},
-        "server_killed_seconds": {p: summary(v) for p, v in server.items()},
+        "scenarios": sorted(chosen),
+        "shoot_killed_seconds": shoot and {p: summary(v) for p, v in shoot.items()},
+        "server_killed_seconds": server and {p: summary(v) for p, v in server.items()},
         "server_killed_tcp_survived": f"{tcp_survived}/{args.runs}",
-        "server_blackholed_seconds": {"monitor_off": summary(blackhole_off), "monitor_on": summary(blackhole_on)},
-        "false_switches": {**false_switches, "seconds": args.loss_seconds, "loss_percent_each_way": 20,
-                           "where": "inside the VPN (vpn-shoot taps)"},
+        "server_blackholed_seconds": blackhole_on and {"monitor_off": summary(blackhole_off), "monitor_on": summary(blackhole_on)},
+        "false_switches": false_switches and {**false_switches, "seconds": args.loss_seconds, "loss_percent_each_way": 20,
+                                              "where": "inside the VPN (vpn-shoot taps)"},
         "underlay_loss_switches_per_onset": underlay,
         "first_announcement_to_back_route": announcement or "see benchmarks/tunnel_controller.py",
         "idle_resources": idle,
@@ -284,29 +295,33 @@ async def run(args) -> dict:
 
 def print_table(result: dict) -> None:
     shoot, server = result["shoot_killed_seconds"], result["server_killed_seconds"]
-    black = result["server_blackholed_seconds"]
+    black, false_switches = result["server_blackholed_seconds"], result["false_switches"]
+    underlay = result["underlay_loss_switches_per_onset"]
     ms = lambda s: f"{1000 * s['p50']:.0f} / {1000 * s['p99']:.0f} ms"  # noqa: E731
-    ratio = shoot[VPN2]["p50"] / shoot[OURS]["p50"] if shoot[OURS]["n"] and shoot[VPN2]["n"] else float("nan")
-    rows = [
-        ("vpn-shoot killed → traffic again, p50 / p99", ms(shoot[VPN2]), ms(shoot[OURS]), "≤ 500 ms p99"),
-        ("vpn-seed-server killed → traffic again", ms(server[VPN2]), ms(server[OURS]), "≤ 300 ms"),
-        ("  open TCP stream survived", "", result["server_killed_tcp_survived"], "all"),
-        ("vpn-seed-server black-holed, no bond monitor", "", ms(black["monitor_off"]), "(documented)"),
-        ("vpn-seed-server black-holed, NS monitor on", "", ms(black["monitor_on"]), "≤ 1 s"),
-        (f"false switches, 20 % loss in the VPN, {result['false_switches']['seconds']:.0f} s",
-         f"{result['false_switches'][VPN2]:.0f}", f"{result['false_switches'][OURS]:.0f}", "0"),
-        ("switches per 20 % underlay-loss onset (TCP stalls)",
-         " ".join(f"{o[VPN2]:.0f}" for o in result["underlay_loss_switches_per_onset"]),
-         " ".join(f"{o[OURS]:.0f}" for o in result["underlay_loss_switches_per_onset"]), "(measured)"),
-    ]
-    for name, values in result["idle_resources"].items():
+    rows = []
+    if shoot:
+        rows.append(("vpn-shoot killed → traffic again, p50 / p99", ms(shoot[VPN2]), ms(shoot[OURS]), "≤ 500 ms p99"))
+    if server:
+        rows.append(("vpn-seed-server killed → traffic again", ms(server[VPN2]), ms(server[OURS]), "≤ 300 ms"))
+        rows.append(("  open TCP stream survived", "", result["server_killed_tcp_survived"], "all"))
+    if black:
+        rows.append(("vpn-seed-server black-holed, no bond monitor", "", ms(black["monitor_off"]), "(documented)"))
+        rows.append(("vpn-seed-server black-holed, NS monitor on", "", ms(black["monitor_on"]), "≤ 1 s"))
+    if false_switches:
+        rows.append((f"false switches, 20 % loss in the VPN, {false_switches['seconds']:.0f} s",
+                     f"{false_switches[VPN2]:.0f}", f"{false_switches[OURS]:.0f}", "0"))
+    if underlay:
+        rows.append(("switches per 20 % underlay-loss onset (TCP stalls)", " ".join(f"{o[VPN2]:.0f}" for o in underlay),
+                     " ".join(f"{o[OURS]:.0f}" for o in underlay), "(measured)"))
+    for name, values in (result["idle_resources"] or {}).items():
         rows.append((f"{name}: RSS / idle CPU", "", f"{values['rss_mib']:.1f} MiB / {values['cpu_percent_of_one_core']:.2f} %",
                      "≤ 50 MiB / ≤ 1 %"))
     width = max(len(r[0]) for r in rows)
     print(f"\n{'figure'.ljust(width)}  {'vpn2 profile':>18}  {'ours':>22}  target")
     for name, theirs, ours, target in rows:
         print(f"{name.ljust(width)}  {theirs:>18}  {ours:>22}  {target}")
-    print(f"vpn-shoot failover, vpn2 profile / ours (p50): {ratio:.1f}×")
+    if shoot and shoot[OURS]["n"] and shoot[VPN2]["n"]:
+        print(f"vpn-shoot failover, vpn2 profile / ours (p50): {shoot[VPN2]['p50'] / shoot[OURS]['p50']:.1f}×")
 
 
 def main() -> None:
@@ -316,10 +331,16 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=60)
     parser.add_argument("--underlay-onsets", type=int, default=3)
     parser.add_argument("--underlay-seconds", type=float, default=60)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)")
     args = parser.parse_args()
+    if unknown := set(args.scenarios.split(",")) - set(SCENARIOS):
+        parser.error(f"--scenarios: unknown {', '.join(sorted(unknown))}")
     result = asyncio.run(run(args))
     print_table(result)
-    write_result("end_to_end", result)
+    chosen = args.scenarios.split(",")
+    # A partial run does not overwrite the full one's figures.
+    write_result("end_to_end" if set(chosen) == set(SCENARIOS) else "end_to_end-" + "-".join(chosen), result)
 
 
 if __name__ == "__main__":

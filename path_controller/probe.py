@@ -56,10 +56,13 @@ class ProbeTiming:
     min_lost: int = 12
     rise: int = 3
     late_after: float = 0.025
-    # The lost-probe deadline (2 x SRTT + 4 x RTTVAR) never grows beyond this: a
-    # path whose round trip is seconds is stalling, and the unanswered probes
-    # kept must span the deadline or none would ever count as lost.
-    late_after_max: float = 2.0
+    # The lost-probe deadline (2 x SRTT + 4 x RTTVAR) never grows beyond this.
+    # Detection takes the deadline plus min_lost bursts: on a loaded node round
+    # trips of a few hundred ms raised it to 1-2 s and every failover waited
+    # that long (end-to-end benchmark). A slow or lossy path is protected from
+    # a false verdict by the silence rule (dead_interval without any answer),
+    # not by the deadline. The unanswered probes kept always span it.
+    late_after_max: float = 0.25
     # Only answers that keep coming this late for this long (a path that got
     # slower) enter the RTT estimate; the burst of late answers one stall
     # releases arrives within milliseconds and does not.
@@ -113,10 +116,9 @@ class TargetHealth:
         self.down_since = now
         self.up_since = float("-inf")  # when it last became UP (from UNKNOWN, DOWN or RISING)
         # Evidence for comparing targets: when the current silence began (send time of
-        # its first unanswered probe), and the send times of recent probes answered on
-        # time (within late_after).
+        # its first unanswered probe), and (send time, round trip) of recent answers.
         self.silent_since = float("inf")
-        self.on_time: deque[float] = deque(maxlen=64)
+        self.answers: deque[tuple[float, float]] = deque(maxlen=64)
 
     # --- inputs -----------------------------------------------------------
 
@@ -129,8 +131,7 @@ class TargetHealth:
     def answered(self, rtt: float, now: float, others: Iterable[TargetHealth] = ()) -> Transition | None:
         """A matching echo reply arrived (possibly late); ``others`` are the other targets."""
         sent_at = now - rtt
-        if rtt <= self.late_after:
-            self.on_time.append(sent_at)
+        self.answers.append((sent_at, rtt))
         # Probes sent to a target not known alive (start-up, down) are answered late
         # when it comes (back), all at once, queued until its neighbour entry resolved:
         # they say nothing about the path, neither as stalls nor as round trips.
@@ -169,7 +170,11 @@ class TargetHealth:
         if self.state is not Health.DOWN and lost >= self.timing.min_lost and silence >= self.dead_after(now):
             if self.state in (Health.UP, Health.SUSPECT):
                 self.down_since = now
-            return self._move(Health.DOWN, f"no answer for {silence:.2f} s, {lost} probes lost")
+            return self._move(
+                Health.DOWN,
+                f"no answer for {silence:.2f} s, {lost} probes lost"
+                f" (lost after {self.late_after:.3f} s, down after {self.dead_after(now):.2f} s)",
+            )
         if self.state is Health.UP and lost:
             return self._move(Health.SUSPECT, "reply overdue")
         if self.state is Health.RISING and lost:
@@ -184,15 +189,17 @@ class TargetHealth:
             return self.timing.burst_interval
         return self.timing.interval
 
-    def answered_on_time_between(self, start: float, end: float) -> bool:
-        """Whether a probe sent between ``start`` and ``end`` was answered on time."""
-        return any(start <= sent_at <= end for sent_at in self.on_time)
-
-    def lost_window(self, now: float) -> tuple[float, float] | None:
-        """Send times of the first and the latest probe lost in the current silence."""
-        deadline = now - self.late_after
-        overdue = [sent_at for sent_at in self.unanswered if sent_at <= deadline]
-        return (min(self.silent_since, overdue[0]), overdue[-1]) if overdue else None
+    def outlasted_by(self, other: TargetHealth, now: float) -> bool:
+        """Whether ``other`` answered a probe sent while this target was silent, and a
+        probe sent to this one at the same time or later is still unanswered after as
+        long again plus its own deadline: this path failed, not just the moment (a
+        stalled node or server delays every target's answers alike)."""
+        for sent_at, rtt in other.answers:
+            if sent_at >= self.silent_since:
+                deadline = now - rtt - self.late_after
+                if any(sent_at <= ours <= deadline for ours in self.unanswered):
+                    return True
+        return False
 
     def dead_after(self, now: float) -> float:
         """Silence that makes the target down: ``dead_interval``, stretched on
@@ -272,11 +279,17 @@ class TargetHealth:
 def stall_was_local(sent_at: float, rtt: float, others: Iterable[TargetHealth]) -> bool:
     """A stall of ``rtt`` on a probe sent at ``sent_at`` hit every live target alike.
 
-    If another target that was alive at ``sent_at`` answered on time a probe
-    sent in the second half of the stall, the stall was this path's. If none
+    If another target that was alive at ``sent_at`` answered a probe sent in
+    the second half of the stall, in less than half the stall, the stall was
+    this path's. If none
     did, it was this node's, its bond's or a server's (all targets share
     those), and says nothing about the path. With no other target alive then
     there is nothing to compare: the path's.
     """
     live = [other for other in others if other.down_since > sent_at]
-    return bool(live) and not any(other.answered_on_time_between(sent_at + rtt / 2, sent_at + rtt) for other in live)
+    return bool(live) and not any(_answered_promptly(other, sent_at + rtt / 2, rtt / 2) for other in live)
+
+
+def _answered_promptly(health: TargetHealth, since: float, within: float) -> bool:
+    """Whether ``health`` answered, in less than ``within``, a probe sent after ``since``."""
+    return any(sent_at >= since and rtt < within for sent_at, rtt in health.answers)

@@ -2,10 +2,11 @@
 
 * Sticky: the primary changes only when it is DOWN and another target is
   healthy; a recovered target does not take traffic back (no flapping).
-* Evidence: the other target must have answered on time a probe sent while
-  the primary's probes were being lost. When every target went silent
-  together (this node stalled, a server failed over) no path is better than
-  the primary; switching would only add a route change.
+* Evidence: the other target must have answered a probe sent while the
+  primary was silent, and the primary's probe sent with it must have stayed
+  unanswered for longer. When every target went silent together (this node
+  stalled, a server failed over) no path is better than the primary;
+  switching would only add a route change.
 * Spread: each kube-apiserver has its own preference order over the targets,
   a rotation fixed by a hash of its identity, so pods spread over the
   vpn-shoots deterministically instead of at random.
@@ -36,9 +37,7 @@ class TargetView(Protocol):
 
     state: Health
 
-    def lost_window(self, now: float) -> tuple[float, float] | None: ...
-
-    def answered_on_time_between(self, start: float, end: float) -> bool: ...
+    def outlasted_by(self, other: TargetView, now: float) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -66,9 +65,9 @@ class PathSelector:
             return None
         healthy = [j for j in self.order if j != self.primary and states[j].healthy]
         self.stranded = not healthy
-        lost = targets[self.primary].lost_window(now)
+        primary = targets[self.primary]
         for candidate in healthy:
-            if lost is None or targets[candidate].answered_on_time_between(*lost):
+            if primary.outlasted_by(targets[candidate], now):
                 return self._switch(candidate, "primary down")
         return None  # the others were silent too: wait until one answers while the primary does not
 

@@ -11,18 +11,14 @@ U, D, S, R, N = Health.UP, Health.DOWN, Health.SUSPECT, Health.RISING, Health.UN
 
 @dataclass
 class View:
-    """A target as selection sees it; by default a down target lost the probes it
-    was sent between 1.0 and 2.0, and a healthy one answered on time one sent at 1.5."""
+    """A target as selection sees it. ``answering``: it answers probes while a
+    silent primary does not (by default every healthy target does)."""
 
     state: Health
-    lost: tuple[float, float] | None = (1.0, 2.0)
-    on_time: tuple[float, ...] = (1.5,)
+    answering: bool | None = None
 
-    def lost_window(self, now: float) -> tuple[float, float] | None:
-        return self.lost
-
-    def answered_on_time_between(self, start: float, end: float) -> bool:
-        return any(start <= sent_at <= end for sent_at in self.on_time)
+    def outlasted_by(self, other: "View", now: float) -> bool:
+        return other.state.healthy if other.answering is None else other.answering
 
 
 def states(*values):
@@ -126,17 +122,13 @@ def test_three_targets_next_healthy_in_preference_order():
 def test_no_switch_when_every_target_fell_silent_together():
     """This node stalled or a server failed over: the other path is no better."""
     selector = PathSelector([0, 1], now=0.0, startup_grace=0.7, adopted=0)
-    primary_down = View(D, lost=(5.0, 5.4))
-    assert selector.decide(states(primary_down, View(S, on_time=(4.9,))), 5.45) is None
+    assert selector.decide(states(D, View(S, answering=False)), 5.45) is None
+    assert selector.decide(states(D, View(U, answering=False)), 5.5) is None  # its late answers came in first
     assert selector.primary == 0 and not selector.stranded  # waiting, not stranded
-    # Both come back; the other's first answer is processed first: its probe was
-    # sent after the primary's last lost one, so it says nothing about the primary.
-    assert selector.decide(states(primary_down, View(U, on_time=(4.9, 5.5))), 5.51) is None
-    # The primary also loses the probe sent with that one: its path is dead.
-    assert selector.decide(states(View(D, lost=(5.0, 5.5)), View(U, on_time=(4.9, 5.5))), 5.53).new == 1
+    # It answers while the primary stays silent: the primary's path is dead.
+    assert selector.decide(states(D, View(U, answering=True)), 5.53).new == 1
 
 
 def test_evidence_picks_among_healthy_targets_in_order():
     selector = PathSelector([2, 0, 1], now=0.0, startup_grace=0.7, adopted=2)
-    silent = View(D, lost=(5.0, 5.4))
-    assert selector.decide(states(View(U, on_time=(4.0,)), View(U, on_time=(5.2,)), silent), 5.45).new == 1
+    assert selector.decide(states(View(U, answering=False), U, D), 5.45).new == 1
