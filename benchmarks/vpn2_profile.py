@@ -31,7 +31,20 @@ TIMEOUT = 1.0
 TRIES = 10
 
 
+class RoundVerdict:
+    """vpn2 judges a target by its last round alone and switches to any target that passed it."""
+
+    def __init__(self, state: Health):
+        self.state = state
+
+    def outlasted_by(self, other, now: float) -> bool:
+        return True
+
+
 class Vpn2TimingController(PathController):
+    def _selection_view(self) -> dict[int, RoundVerdict]:
+        return {j: RoundVerdict(health.state) for j, health in self.health.items()}
+
     def tasks(self) -> list:
         return [self.pinger.run(), self._announce_loop(), self._route_loop(), self._event_loop(), self._rounds()]
 

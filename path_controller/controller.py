@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter as Tally
+from collections.abc import Mapping
 from ipaddress import IPv6Address, ip_network
 
 from prometheus_client import CollectorRegistry
@@ -28,7 +29,7 @@ from path_controller.metrics import PathMetrics
 from path_controller.netlink import Kernel, route_and_link_events
 from path_controller.probe import Health, ProbeTiming, TargetHealth, Transition
 from path_controller.routes import plan_routes, route_changes
-from path_controller.selection import PathSelector, Switch, preference_order
+from path_controller.selection import PathSelector, Switch, TargetView, preference_order
 from path_controller.sockets import Announcer, Pinger
 
 LOG = logging.getLogger("path_controller")
@@ -253,7 +254,7 @@ class PathController:
         if self.selector is None:
             return
         was_stranded = self.selector.stranded
-        switch = self.selector.decide(self.health, now)
+        switch = self.selector.decide(self._selection_view(), now)
         if switch is not None:
             self._switched(switch)
         if self.selector.stranded and not was_stranded:
@@ -262,6 +263,9 @@ class PathController:
                 extra={"primary": self.selector.primary, "states": {j: h.state.value for j, h in self.health.items()}},
             )
         self.metrics.stranded.set(1 if self.selector.stranded else 0)
+
+    def _selection_view(self) -> Mapping[int, TargetView]:
+        return self.health
 
     def _switched(self, switch: Switch) -> None:
         LOG.warning(
