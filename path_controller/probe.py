@@ -12,9 +12,9 @@ down about ``dead_interval`` after its last answer. It comes back UP after
 ``rise`` consecutive answers.
 
 Time the daemon itself did not run (a stalled event loop) does not count as
-silence: it cannot tell anything about the target. Neither does a stall that
-every other live target saw at the same time: that one is local (this node,
-its bond, a server failover), not the path's.
+silence: it cannot tell anything about the target. A stall counts as the
+path's only when another target answered promptly meanwhile; otherwise it was
+this node's, its bond's or a server's.
 """
 
 from __future__ import annotations
@@ -190,13 +190,15 @@ class TargetHealth:
         return self.timing.interval
 
     def outlasted_by(self, other: TargetHealth, now: float) -> bool:
-        """Whether ``other`` answered a probe sent while this target was silent, and a
-        probe sent to this one at the same time or later is still unanswered after as
-        long again plus its own deadline: this path failed, not just the moment (a
-        stalled node or server delays every target's answers alike)."""
+        """Whether ``other`` answered a probe sent while this target was silent, and this
+        one then stayed silent for a whole dead interval more: this path failed, not just
+        the moment. A stalled node delays every target's answers alike; a failed server
+        silences every path until the bonds on both ends have moved, which on a loaded
+        node ends a few hundred ms apart for different vpn-shoots, and a switch then
+        would break every open connection (the shoot side masquerades)."""
         for sent_at, rtt in other.answers:
             if sent_at >= self.silent_since:
-                deadline = now - rtt - self.late_after
+                deadline = now - rtt - max(self.late_after, self.timing.dead_interval)
                 if any(sent_at <= ours <= deadline for ours in self.unanswered):
                     return True
         return False
@@ -237,7 +239,7 @@ class TargetHealth:
             return
         # A target just up still has its OpenVPN clients connecting: its hiccups are not the path's.
         sent_at = now - rtt
-        if now - self.up_since >= self.timing.stall_settle and not stall_was_local(sent_at, rtt, others):
+        if now - self.up_since >= self.timing.stall_settle and stall_was_the_paths(sent_at, rtt, others):
             self._stalled(rtt, now)
         if self.late_run_since is None:
             self.late_run_since = now
@@ -276,18 +278,17 @@ class TargetHealth:
         return transition
 
 
-def stall_was_local(sent_at: float, rtt: float, others: Iterable[TargetHealth]) -> bool:
-    """A stall of ``rtt`` on a probe sent at ``sent_at`` hit every live target alike.
+def stall_was_the_paths(sent_at: float, rtt: float, others: Iterable[TargetHealth]) -> bool:
+    """A stall of ``rtt`` on a probe sent at ``sent_at`` hit this path only.
 
-    If another target that was alive at ``sent_at`` answered a probe sent in
-    the second half of the stall, in less than half the stall, the stall was
-    this path's. If none
-    did, it was this node's, its bond's or a server's (all targets share
-    those), and says nothing about the path. With no other target alive then
-    there is nothing to compare: the path's.
+    Only when another target, alive at ``sent_at``, answered a probe sent in the
+    second half of the stall in less than half the stall. Otherwise it was this
+    node's, its bond's or a server's (every target shares those), or there is
+    nothing to compare with (the other vpn-shoot dead or restarting, which
+    loads the node): remembering it would slow the next failover down.
     """
     live = [other for other in others if other.down_since > sent_at]
-    return bool(live) and not any(_answered_promptly(other, sent_at + rtt / 2, rtt / 2) for other in live)
+    return any(_answered_promptly(other, sent_at + rtt / 2, rtt / 2) for other in live)
 
 
 def _answered_promptly(health: TargetHealth, since: float, within: float) -> bool:
