@@ -83,7 +83,7 @@ class ProbeTiming:
     stall_events: int = 3
     stall_window: float = 60.0
     stall_factor: float = 4.0
-    stall_memory: float = 300.0
+    stall_memory: float = 0.0  # off by default: see PROBE_STALL_MEMORY in the README
 
 
 @dataclass(frozen=True)

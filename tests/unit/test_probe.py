@@ -7,6 +7,7 @@ from path_controller.probe import TRANSITIONS, Health, ProbeTiming, TargetHealth
 from tests.unit.probe_sim import Path, simulate
 
 DEFAULT = ProbeTiming()
+REMEMBERING = ProbeTiming(stall_memory=300.0)  # stall memory is opt-in
 
 
 def test_transition_table_is_closed_and_has_no_self_loops():
@@ -153,13 +154,13 @@ S = DEFAULT.stall_settle + 1  # a target that came up at 0 has settled by then
 
 def test_one_stall_does_not_stretch_the_dead_interval():
     """A server failover delays a few answers once: the next failover stays fast."""
-    health = up()
+    health = up(REMEMBERING)
     stall(health, S + 2.0, 0.8)
     assert health.dead_after(S + 3.0) == DEFAULT.dead_interval
 
 
 def test_a_path_that_keeps_stalling_gets_a_longer_dead_interval_for_a_while():
-    health = up()
+    health = up(REMEMBERING)
     stall(health, S + 2.0, 0.6)
     stall(health, S + 5.0, 1.5)
     assert health.dead_after(S + 5.5) == DEFAULT.dead_interval  # two events: not yet
@@ -169,12 +170,12 @@ def test_a_path_that_keeps_stalling_gets_a_longer_dead_interval_for_a_while():
         health.sent(S + 10 + i * 0.1)
         health.answered(0.001, S + 10 + i * 0.1 + 0.001)
     assert health.dead_after(S + 60.0) == pytest.approx(DEFAULT.stall_factor * 1.5)
-    assert health.dead_after(S + 9.0 + DEFAULT.stall_memory + 1) == DEFAULT.dead_interval
+    assert health.dead_after(S + 9.0 + REMEMBERING.stall_memory + 1) == DEFAULT.dead_interval
 
 
 def test_jitter_below_the_stall_threshold_is_not_remembered():
     """Answers a few hundred ms late on a busy node: the next failover stays fast."""
-    health = up()
+    health = up(REMEMBERING)
     for k in range(10):
         stall(health, S + 2.0 + 2 * k, 0.9 * DEFAULT.stall_min)
     assert not health.stalls
@@ -183,7 +184,7 @@ def test_jitter_below_the_stall_threshold_is_not_remembered():
 
 def test_a_target_that_just_came_up_is_settling():
     """Right after coming up (OpenVPN clients connecting, the bond reselecting) hiccups are not the path's."""
-    health = up()
+    health = up(REMEMBERING)
     for at in (2.0, 4.0, 6.0):
         stall(health, at, 1.0)
     assert not health.stalls
@@ -191,7 +192,7 @@ def test_a_target_that_just_came_up_is_settling():
 
 
 def test_answers_less_than_a_second_apart_are_one_stall():
-    health = up()
+    health = up(REMEMBERING)
     for k in range(10):  # a burst of late answers after one stall
         stall(health, S + 2.0 + k * 0.02, 0.8 - k * 0.02)
     assert len(health.stalls) == 1
@@ -199,7 +200,7 @@ def test_answers_less_than_a_second_apart_are_one_stall():
 
 
 def test_a_stalling_path_is_not_called_down_by_the_next_longer_stall():
-    health = up()
+    health = up(REMEMBERING)
     for at in (S + 2.0, S + 4.0, S + 6.0):
         stall(health, at, 0.6)
     t = S + 6.0
@@ -227,7 +228,7 @@ def silent_until_down(health: TargetHealth, t: float) -> float:
 def test_late_answers_from_a_target_coming_back_are_not_stalls():
     """A restarted vpn-shoot answers the probes queued while it was down all at once,
     seconds late: that is a restart, and must not slow down the next failover."""
-    health = up()
+    health = up(REMEMBERING)
     t = silent_until_down(health, S)
     for k in range(3):  # three late answers, seconds apart, to probes sent while down
         t += 1.5
@@ -241,7 +242,7 @@ def test_late_answers_from_a_target_coming_back_are_not_stalls():
 
 def test_a_stall_longer_than_the_dead_interval_still_counts():
     """A probe sent while the path was up and answered after it was called down is a stall."""
-    health = up()
+    health = up(REMEMBERING)
     health.sent(S)
     t = silent_until_down(health, S + DEFAULT.burst_interval)
     health.answered(t + 0.5 - S, t + 0.5, [witness(t + 0.4)])
@@ -260,7 +261,7 @@ def answering(health: TargetHealth, start: float, end: float, rtt: float = 0.001
 def test_stalls_every_live_target_saw_are_local_and_not_remembered():
     """A saturated node (or a server failover) delays every target's answers at once:
     the paths are fine, and the next failover must stay fast."""
-    a, b = up(), up()
+    a, b = up(REMEMBERING), up(REMEMBERING)
     for at in (S + 2.0, S + 5.0, S + 9.0):
         answering(a, at - 2.0, at - 1.5)
         answering(b, at - 2.0, at - 1.5)
@@ -281,7 +282,7 @@ def stall_with_others(health: TargetHealth, at: float, length: float, others: li
 
 def test_a_stall_only_this_path_had_is_remembered():
     """The other vpn-shoot answered on time throughout: the stalls were this path's."""
-    a, b = up(), up()
+    a, b = up(REMEMBERING), up(REMEMBERING)
     for at in (S + 2.0, S + 5.0, S + 9.0):
         answering(b, at - 1.0, at)
         stall_with_others(a, at, 0.8, [b])
@@ -290,7 +291,7 @@ def test_a_stall_only_this_path_had_is_remembered():
 
 
 def test_a_shared_stall_is_judged_local_whichever_answer_comes_first():
-    a, b = up(), up()
+    a, b = up(REMEMBERING), up(REMEMBERING)
     answering(a, S, S + 1.0)
     answering(b, S, S + 1.0)
     stall_with_others(b, S + 2.0, 0.9, [a])  # b first: a has been silent too
@@ -301,7 +302,7 @@ def test_a_shared_stall_is_judged_local_whichever_answer_comes_first():
 def test_a_target_dead_before_the_stall_is_no_witness():
     """With the other vpn-shoot down (or restarting, which loads the node) there is
     nothing to compare: the stall is not remembered."""
-    a, b = up(), up()
+    a, b = up(REMEMBERING), up(REMEMBERING)
     silent_until_down(b, S)
     stall_with_others(a, S + 2.0, 0.8, [b])
     assert not a.stalls
@@ -311,7 +312,7 @@ def test_a_target_dead_before_the_stall_is_no_witness():
 
 def test_a_target_that_went_down_during_the_stall_is_a_witness():
     """A local stall longer than the dead interval: the other target was called down in it."""
-    a, b = up(), up()
+    a, b = up(REMEMBERING), up(REMEMBERING)
     answering(a, S, S + 1.0)
     answering(b, S, S + 1.0)
     silent_until_down(b, S + 1.0)
@@ -326,7 +327,7 @@ def probe_both(primary: TargetHealth, other: TargetHealth, at: float) -> None:
 
 def test_a_target_answering_while_the_primary_is_silent_outlasts_it():
     """The primary's vpn-shoot died: the other answers its probes in milliseconds."""
-    primary, other = up(), up()
+    primary, other = up(REMEMBERING), up(REMEMBERING)
     t = S
     while t < S + 0.4:
         probe_both(primary, other, t)
@@ -337,7 +338,7 @@ def test_a_target_answering_while_the_primary_is_silent_outlasts_it():
 
 def test_a_shared_stall_is_not_outlasting():
     """Both answer a 1 s stall late; the other's late answer happens to come first."""
-    primary, other = up(), up()
+    primary, other = up(REMEMBERING), up(REMEMBERING)
     t = S
     while t < S + 1.0:
         probe_both(primary, other, t)
@@ -350,7 +351,7 @@ def test_after_a_shared_blackout_the_first_fresh_answer_is_not_yet_evidence():
     """Nothing got through for a second; then the other's fresh probe is answered a few
     ms before the primary's, sent at the same moment: no evidence, unless the
     primary's stays unanswered past its own deadline."""
-    primary, other = up(), up()
+    primary, other = up(REMEMBERING), up(REMEMBERING)
     for k in range(60):
         probe_both(primary, other, S + k * DEFAULT.burst_interval)
     back = S + 1.0
@@ -364,7 +365,7 @@ def test_after_a_shared_blackout_the_first_fresh_answer_is_not_yet_evidence():
 def test_paths_back_a_little_apart_after_a_server_failure_are_not_outlasting():
     """A server died: the other vpn-shoot's bond moved 300 ms before the primary's.
     Switching would break every open connection for nothing."""
-    primary, other = up(), up()
+    primary, other = up(REMEMBERING), up(REMEMBERING)
     t = S
     while t < S + 1.0:  # both silent while the bonds move
         probe_both(primary, other, t)
@@ -381,7 +382,7 @@ def test_paths_back_a_little_apart_after_a_server_failure_are_not_outlasting():
 def test_answers_queued_while_down_do_not_inflate_the_round_trip():
     """A vpn-shoot coming back answers, all at once and in order, every probe queued while
     it was down, up to seconds late; the next failover must still be detected fast."""
-    health = up()
+    health = up(REMEMBERING)
     t = silent_until_down(health, S)
     queued = [t + k * DEFAULT.interval for k in range(130)]  # 13 s down
     for sent_at in queued:
@@ -399,9 +400,17 @@ def test_answers_queued_while_down_do_not_inflate_the_round_trip():
 def test_a_dead_target_is_called_down_even_on_a_slow_path():
     """On a path whose answers kept coming seconds late the lost-probe deadline grew; it is
     capped, and the probes kept span it, so a dead target is still called down."""
-    health = up()
+    health = up(REMEMBERING)
     answering(health, S, S + 10.0, rtt=1.5)  # slower_after passed: the estimate follows
     assert health.late_after == DEFAULT.late_after_max
     died = health.last_answer
     took = silent_until_down(health, died) - died
     assert DEFAULT.dead_interval <= took < DEFAULT.late_after_max + 20 * DEFAULT.burst_interval
+
+
+def test_stall_memory_is_off_by_default():
+    health = up()
+    for at in (S + 2.0, S + 5.0, S + 9.0):
+        stall(health, at, 1.5)
+    assert len(health.stalls) == 3
+    assert health.dead_after(S + 9.5) == DEFAULT.dead_interval
