@@ -114,6 +114,9 @@ async def server_killed(bench: Bench, runs: int) -> tuple[dict[str, list[float]]
     survived = 0
     for run in range(runs):
         api = topo.apiservers[0]
+        # The bonds return to tap0 when the restarted server's clients reconnect: wait
+        # until every stream flows again before opening the connection.
+        await bench.wait_recovered(time.monotonic())
         tcp = await TcpStream(api.ns, str(SHOOT_POD6)).start()
         await asyncio.sleep(0.5)
         server = topo.servers[0]  # every bond's primary slave is tap0
