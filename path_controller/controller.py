@@ -21,12 +21,13 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from announcement import encode
 from bonding import links
-from bonding.plan import seed_tunnel_name
+from bonding.plan import BOND_DEVICE, seed_tunnel_name
 from daemonkit.lifecycle import Heartbeats
 from daemonkit.logs import RateLimiter
 from path_controller.config import PathControllerSettings
 from path_controller.metrics import PathMetrics
-from path_controller.netlink import Kernel, route_and_link_events
+from path_controller.bondwatch import BondWatch, LinkFacts
+from path_controller.netlink import Kernel, link_facts, route_and_link_events
 from path_controller.probe import Health, ProbeTiming, TargetHealth, Transition
 from path_controller.routes import plan_routes, route_changes
 from path_controller.selection import PathSelector, Switch, TargetView, preference_order
@@ -84,6 +85,7 @@ class PathController:
         self.applied_primary: int | None = None
         self.applied_oif: int | None = None
         self.log_limit = RateLimiter(interval=30.0, clock=clock)
+        self.bond_watch = BondWatch(BOND_DEVICE)
         self._answer_waiters: dict[int, asyncio.Future] = {}
         for j in self.health:
             self._export_state(j)
@@ -111,6 +113,11 @@ class PathController:
 
     async def start(self) -> None:
         await self.pinger.open()
+        try:
+            for link in await self.kernel.links():
+                self.bond_watch.observe(link)  # what is there now is no failover
+        except (NetlinkError, OSError) as exc:
+            LOG.warning("cannot read links; bond failovers are noticed from the next change", extra={"error": str(exc)})
         adopted = await self.adopt()
         order = preference_order(str(self.settings.pod_ip), len(self.targets))
         # Long enough for the preferred target to be called up or down.
@@ -361,15 +368,33 @@ class PathController:
         return False
 
     async def _event_loop(self) -> None:
-        """Wake the reconciler when a route or tunnel changes behind our back."""
+        """Wake the reconciler when a route or tunnel changes behind our back;
+        hold down verdicts while this node's bond fails over."""
         while True:
             try:
                 async for msg in route_and_link_events():
                     if self._concerns_us(msg):
                         self.routes_dirty.set()
+                    link = link_facts(msg)
+                    if link is not None and (event := self.bond_watch.observe(link)) is not None:
+                        self._bond_failing_over(event, link)
             except (NetlinkError, OSError) as exc:
                 LOG.error("netlink event watch failed; restarting it", extra={"error": str(exc)})
                 await asyncio.sleep(1.0)
+
+    def _bond_failing_over(self, event: str, link: LinkFacts) -> None:
+        self.metrics.bond_failovers.labels(event).inc()
+        hold = self.settings.probe_failover_hold
+        if hold <= 0:
+            return
+        until = self.clock() + hold
+        for health in self.health.values():
+            health.hold(until)
+        if self.log_limit.allow(("bond", event)) is not None:
+            LOG.info(
+                "bond failing over; no vpn-shoot is called down while the paths settle",
+                extra={"event": event, "device": link.name, "hold_seconds": hold},
+            )
 
     def _concerns_us(self, msg) -> bool:
         event = msg.get("event")

@@ -28,6 +28,10 @@ class PathMetrics:
         self.probes_sent = Counter(f"{ns}_probes_sent_total", "Echo requests sent.", ["target"], registry=registry)
         self.probes_lost = Counter(f"{ns}_probes_lost_total", "Echo requests never answered.", ["target"], registry=registry)
         self.probe_send_errors = Counter(f"{ns}_probe_send_errors_total", "Echo requests the kernel refused.", ["target"], registry=registry)
+        self.bond_failovers = Counter(
+            f"{ns}_bond_failovers_total", "This node's bond lost a slave or changed its active slave (down verdicts held).",
+            ["event"], registry=registry,
+        )
         self.primary = Gauge(f"{ns}_primary_target", "Index of the vpn-shoot the routes point to (-1: none).", registry=registry)
         self.switches = Counter(f"{ns}_switches_total", "Primary changes; frequent ones mean an unstable path.", ["reason"], registry=registry)
         self.stranded = Gauge(f"{ns}_no_healthy_path", "1 while the primary is down and no other vpn-shoot is healthy.", registry=registry)

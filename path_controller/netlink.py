@@ -13,6 +13,7 @@ from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE, RTMGRP_L
 
 from bonding import links
 from bonding.plan import BOND_DEVICE, seed_tunnel_name
+from path_controller.bondwatch import LinkFacts
 from path_controller.routes import IPNetwork, Route
 
 MAIN_TABLE = 254
@@ -38,6 +39,9 @@ class Kernel:
             return None
         addresses = await links.global_addresses(self.ipr, link["index"])
         return addresses[0][0].ip if addresses else None
+
+    async def links(self) -> list[LinkFacts]:
+        return [facts async for msg in await self.ipr.link("dump") if (facts := link_facts(msg))]
 
     async def routes(self, networks: Iterable[IPNetwork]) -> dict[IPNetwork, Route]:
         """Main-table routes for ``networks`` plus every route carrying our protocol."""
@@ -67,6 +71,21 @@ class Kernel:
         except NetlinkError as exc:
             if exc.code != errno.ESRCH:
                 raise
+
+
+def link_facts(msg) -> LinkFacts | None:
+    """The bond-relevant facts of an RTM_NEWLINK message, None for anything else."""
+    if msg.get("event") != "RTM_NEWLINK" or msg.get("IFLA_IFNAME") is None:
+        return None
+    data = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
+    carrier = msg.get("IFLA_CARRIER")
+    return LinkFacts(
+        index=msg["index"],
+        name=msg.get("IFLA_IFNAME"),
+        master=msg.get("IFLA_MASTER"),
+        carrier=None if carrier is None else bool(carrier),
+        active_slave=data.get("IFLA_BOND_ACTIVE_SLAVE") if data else None,
+    )
 
 
 async def route_and_link_events(netns: str | None = None) -> AsyncIterator[object]:

@@ -119,6 +119,7 @@ class TargetHealth:
         # its first unanswered probe), and (send time, round trip) of recent answers.
         self.silent_since = float("inf")
         self.answers: deque[tuple[float, float]] = deque(maxlen=64)
+        self.hold_until = float("-inf")  # no DOWN verdict before this (bondwatch)
 
     # --- inputs -----------------------------------------------------------
 
@@ -153,6 +154,11 @@ class TargetHealth:
             return self._move(Health.UP, "late reply arrived")
         return None
 
+    def hold(self, until: float) -> None:
+        """Call the target down no sooner than ``until``: this node's bond is failing over,
+        every path is interrupted and the silence says nothing about this target."""
+        self.hold_until = max(self.hold_until, until)
+
     def tick(self, now: float) -> Transition | None:
         """Re-evaluate silence at ``now`` (call at least every probe interval)."""
         # Between two signs of life the loop never waits longer than this.
@@ -167,7 +173,8 @@ class TargetHealth:
         if lost:
             self.consecutive_answers = 0
         silence = now - self.last_answer
-        if self.state is not Health.DOWN and lost >= self.timing.min_lost and silence >= self.dead_after(now):
+        verdict_due = now >= self.hold_until and lost >= self.timing.min_lost and silence >= self.dead_after(now)
+        if self.state is not Health.DOWN and verdict_due:
             if self.state in (Health.UP, Health.SUSPECT):
                 self.down_since = now
             return self._move(

@@ -157,6 +157,56 @@ async def test_silences_every_target_shares_do_not_switch(lab):
     assert await lab.routes_via(PREFERRED)
 
 
+HOLD = 1.5  # PROBE_FAILOVER_HOLD's default
+SILENCE = 0.7  # twice the dead interval: without a hold, the evidence rule switches
+
+
+async def test_a_bond_failover_holds_verdicts_and_does_not_switch(lab):
+    """A vpn-seed-server dies: this node's slave to it loses carrier, and the vpn-shoots'
+    bonds move too, one later than the other. The primary is silent longer than the
+    other target but is not called down; the same silence without a bond event is."""
+    lab.start()
+    await lab.wait_routes_via(PREFERRED)
+    await nsutil.wait_for(lambda: _both_targets_up(lab), timeout=10, message="both targets up")
+    primary = lab.shoots[PREFERRED]
+
+    other = lab.shoots[1 - PREFERRED]
+    # Server 0 dies. Every bond loses its slave to it and moves; the primary's
+    # bond comes back last (here: its link to server 1 was down too, for a while).
+    await lab.bond_lab.cut(primary)
+    await lab.bond_lab.cut(lab.seed, 0)
+    await lab.bond_lab.cut(other, 0)
+    await asyncio.sleep(SILENCE)  # the injected silence, not a wait for a condition
+    await lab.bond_lab.restore(primary, 1)
+    await nsutil.wait_for(lambda: _both_targets_up(lab), timeout=10, message="both targets up after the failover")
+    metrics = await lab.metrics()
+    assert nsutil.metric_value(metrics, "path_controller_bond_failovers_total", event="slave_lost_carrier") == 1
+    assert nsutil.metric_value(metrics, "path_controller_switches_total", reason="primary down") in (None, 0)
+    assert nsutil.metric_value(metrics, "path_controller_target_state", target=str(PREFERRED), path_controller_target_state="down") == 0
+    assert await lab.routes_via(PREFERRED)
+
+    # The server comes back: the bonds move back to their primary slave, another hold.
+    moves = nsutil.metric_value(metrics, "path_controller_bond_failovers_total", event="active_slave_changed")
+    assert moves == 1
+    for peer in (lab.seed, *lab.shoots):
+        await lab.bond_lab.restore(peer, 0)
+    await nsutil.wait_for(
+        lambda: _bond_failovers(lab, "active_slave_changed", moves + 1), timeout=10, message="the bond moved back"
+    )
+    await asyncio.sleep(HOLD + 0.2)  # let that hold run out
+
+    # Control: the same silence with no bond event here is a failed path and switches.
+    await lab.bond_lab.cut(primary)
+    await asyncio.sleep(SILENCE)
+    await lab.bond_lab.restore(primary)
+    await lab.wait_routes_via(1 - PREFERRED, timeout=10)
+
+
+async def _bond_failovers(lab: Lab, event: str, at_least: float) -> bool:
+    value = nsutil.metric_value(await lab.metrics(), "path_controller_bond_failovers_total", event=event)
+    return (value or 0) >= at_least
+
+
 async def _both_targets_up(lab: Lab) -> bool:
     metrics = await lab.metrics()
     return all(nsutil.metric_value(metrics, "path_controller_target_up", target=str(j)) == 1 for j in (0, 1))

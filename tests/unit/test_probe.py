@@ -414,3 +414,40 @@ def test_stall_memory_is_off_by_default():
         stall(health, at, 1.5)
     assert len(health.stalls) == 3
     assert health.dead_after(S + 9.5) == DEFAULT.dead_interval
+
+
+def _silent_until_down(health: TargetHealth, t: float, step: float = 0.015) -> float:
+    """Probe a silent target until it is called down; the time it was."""
+    while health.state is not Health.DOWN:
+        health.sent(t)
+        t += step
+        health.tick(t)
+        assert t < 30, "never called down"
+    return t
+
+
+def test_a_hold_delays_the_down_verdict_until_it_ends():
+    health = up()
+    health.hold(2.0)  # this node's bond failed over at 0.5 with a 1.5 s hold
+    down_at = _silent_until_down(health, 0.5)
+    assert 2.0 <= down_at <= 2.0 + DEFAULT.burst_interval + 0.001
+
+
+def test_a_hold_ends_and_a_target_answering_meanwhile_is_never_down():
+    health = up()
+    health.hold(1.5)
+    t = 0.5
+    while t < 1.2:  # silent for 0.7 s, twice the dead interval
+        health.sent(t)
+        t += 0.015
+        health.tick(t)
+    assert health.state is Health.SUSPECT
+    health.sent(t)
+    assert health.answered(0.001, t + 0.001).new is Health.UP
+
+
+def test_holds_only_extend():
+    health = up()
+    health.hold(2.0)
+    health.hold(1.0)
+    assert _silent_until_down(health, 0.5) >= 2.0

@@ -1,0 +1,57 @@
+"""Notices this node's bond failing over (pure, no I/O).
+
+When a vpn-seed-server dies or comes back, every pod's bond moves at once:
+here a slave loses carrier or the active slave changes, and on the far side
+each vpn-shoot's bond moves too, a few hundred ms sooner or later. Every path
+is interrupted and they come back one by one, so "the other vpn-shoot answered
+while the primary did not" says nothing about the vpn-shoots for a moment.
+Switching then would only break open connections (the shoot side
+masquerades). The controller holds down verdicts while that settles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SLAVE_LOST_CARRIER = "slave_lost_carrier"
+ACTIVE_SLAVE_CHANGED = "active_slave_changed"
+
+
+@dataclass(frozen=True)
+class LinkFacts:
+    """What one RTM_NEWLINK says that matters here."""
+
+    index: int
+    name: str
+    master: int | None
+    carrier: bool | None
+    active_slave: int | None  # bonds only
+
+
+class BondWatch:
+    def __init__(self, bond_name: str):
+        self.bond_name = bond_name
+        self.bond_index: int | None = None
+        self.active_slave: int | None = None
+        self.carrier: dict[int, bool] = {}  # enslaved ifindex -> carrier
+
+    def observe(self, link: LinkFacts) -> str | None:
+        """The failover this message shows (SLAVE_LOST_CARRIER, ACTIVE_SLAVE_CHANGED), if any.
+
+        Call with the initial link dump first: what is already there is no event.
+        """
+        if link.name == self.bond_name:
+            known = self.bond_index is not None
+            self.bond_index = link.index
+            before, self.active_slave = self.active_slave, link.active_slave
+            if known and link.active_slave != before:
+                return ACTIVE_SLAVE_CHANGED
+            return None
+        if link.master is None or link.carrier is None:
+            return None
+        # Kept for every enslaved link: a dump may list the slaves before their bond.
+        before = self.carrier.get(link.index)
+        self.carrier[link.index] = link.carrier
+        if before and not link.carrier and link.master == self.bond_index:
+            return SLAVE_LOST_CARRIER
+        return None
