@@ -11,7 +11,8 @@ shoot pod; "traffic again" is the time from the failure to the first answer
 to a datagram sent after it, measured on that stream.
 
 Scenarios: vpn-shoot killed (each run kills the vpn-shoot everybody uses);
-vpn-seed-server killed (with an open TCP stream); vpn-seed-server black-holed
+vpn-seed-server killed (with an open TCP stream) and restarted (the bonds'
+fail-back to tap0); vpn-seed-server black-holed
 (TCP stays up) without and with the bond's NS monitor; 20 % loss both ways on
 the busiest vpn-shoot's VPN path for --loss-seconds (false switches); 20 %
 loss on its underlay link (OpenVPN's TCP turns it into stalls of seconds),
@@ -25,6 +26,7 @@ import argparse
 import asyncio
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.common import RESULTS, Namespaces, cpu_seconds, environment, rss_mib, summary, write_result
@@ -108,14 +110,23 @@ async def shoot_killed(bench: Bench, runs: int) -> dict[str, list[float]]:
     return results
 
 
-async def server_killed(bench: Bench, runs: int) -> tuple[dict[str, list[float]], int]:
+@dataclass
+class ServerRuns:
+    """A server killed and restarted ``runs`` times: failover, and the fail-back after it."""
+
+    recoveries: dict[str, list[float]] = field(default_factory=lambda: {OURS: [], VPN2: []})
+    failback_gaps: dict[str, list[float]] = field(default_factory=lambda: {OURS: [], VPN2: []})
+    tcp_survived_kill: int = 0
+    tcp_survived_failback: int = 0
+    switches: dict[str, float] = field(default_factory=dict)
+
+
+async def server_killed(bench: Bench, runs: int) -> ServerRuns:
     topo = bench.topo
-    results = {OURS: [], VPN2: []}
-    survived = 0
+    result = ServerRuns()
+    switches_before = await bench.switches()
     for run in range(runs):
         api = topo.apiservers[0]
-        # The bonds return to tap0 when the restarted server's clients reconnect: wait
-        # until every stream flows again before opening the connection.
         await bench.wait_recovered(time.monotonic())
         tcp = await TcpStream(api.ns, str(SHOOT_POD6)).start()
         await asyncio.sleep(0.5)
@@ -125,17 +136,33 @@ async def server_killed(bench: Bench, runs: int) -> tuple[dict[str, list[float]]
         await bench.wait_recovered(t0)
         await asyncio.sleep(2)
         got = bench.recoveries(t0)
-        ok = tcp.error is None and tcp.echoed and tcp.echoed[-1] > t0 + 1
-        survived += bool(ok)
-        tcp.close()
+        survived_kill = tcp.error is None and bool(tcp.echoed) and tcp.echoed[-1] > t0 + 1
         for profile, values in got.items():
-            results[profile] += values
-        log(f"  {server.name} killed (run {run + 1}): traffic again after "
-            f"{', '.join(f'{1000 * v:.0f}' for v in got[OURS] + got[VPN2])} ms; TCP stream {'survived' if ok else 'BROKE'}")
+            result.recoveries[profile] += values
+        # The server returns: each bond fails back to tap0 when its own client reconnects,
+        # so for a moment peers sit on different servers.
+        back = time.monotonic()
         topo.start_server(server)
+        await topo.wait_bonds_on(0)
         await topo.wait_converged()
-        await asyncio.sleep(3)  # bonds return to tap0 when their client reconnects
-    return results, survived
+        await asyncio.sleep(1)
+        end = time.monotonic()
+        gaps = {name: stream.longest_gap(back, end) for name, stream in bench.streams.items()}
+        for name, gap in gaps.items():
+            result.failback_gaps[bench.profiles[name]].append(gap)
+        survived_failback = survived_kill and tcp.error is None and tcp.echoed[-1] > end - 1
+        result.tcp_survived_kill += survived_kill
+        result.tcp_survived_failback += survived_failback
+        tcp.close()
+        log(f"  {server.name} killed (run {run + 1}): traffic again after "
+            f"{', '.join(f'{1000 * v:.0f}' for v in got[OURS] + got[VPN2])} ms; fail-back gaps "
+            f"{', '.join(f'{1000 * v:.0f}' for v in gaps.values())} ms; TCP stream "
+            f"{'survived' if survived_kill else 'BROKE'} the kill, {'survived' if survived_failback else 'BROKE or gone'} the fail-back")
+    after = await bench.switches()
+    result.switches = {OURS: 0.0, VPN2: 0.0}
+    for api in topo.apiservers:
+        result.switches[bench.profiles[api.name]] += after[api.name] - switches_before[api.name]
+    return result
 
 
 async def active_server(topo: HaTopology) -> int:
@@ -250,7 +277,6 @@ async def run(args) -> dict:
 
         chosen = set(args.scenarios.split(","))
         idle = shoot = server = blackhole_off = blackhole_on = false_switches = underlay = None
-        tcp_survived = 0
         if "idle" in chosen:
             log("idle resources")
             idle = await resources(topo, args.idle_seconds)
@@ -259,7 +285,7 @@ async def run(args) -> dict:
             shoot = await shoot_killed(bench, args.runs)
         if "server" in chosen:
             log("vpn-seed-server killed")
-            server, tcp_survived = await server_killed(bench, args.runs)
+            server = await server_killed(bench, args.runs)
         if "blackhole" in chosen:
             log("vpn-seed-server black-holed")
             blackhole_off = await server_blackholed(bench, 1, monitor=False)
@@ -285,8 +311,11 @@ async def run(args) -> dict:
         "topology": "2 OpenVPN servers, 4 kube-apiservers (2 ours, 2 vpn2 profile), 2 vpn-shoots, inside UML",
         "scenarios": sorted(chosen),
         "shoot_killed_seconds": shoot and {p: summary(v) for p, v in shoot.items()},
-        "server_killed_seconds": server and {p: summary(v) for p, v in server.items()},
-        "server_killed_tcp_survived": f"{tcp_survived}/{args.runs}",
+        "server_killed_seconds": server and {p: summary(v) for p, v in server.recoveries.items()},
+        "server_killed_tcp_survived": server and f"{server.tcp_survived_kill}/{args.runs}",
+        "server_failback_longest_gap_seconds": server and {p: summary(v) for p, v in server.failback_gaps.items()},
+        "server_failback_tcp_survived": server and f"{server.tcp_survived_failback}/{args.runs}",
+        "server_kill_and_failback_switches": server and server.switches,
         "server_blackholed_seconds": blackhole_on and {"monitor_off": summary(blackhole_off), "monitor_on": summary(blackhole_on)},
         "false_switches": false_switches and {**false_switches, "seconds": args.loss_seconds, "loss_percent_each_way": 20,
                                               "where": "inside the VPN (vpn-shoot taps)"},
@@ -307,6 +336,11 @@ def print_table(result: dict) -> None:
     if server:
         rows.append(("vpn-seed-server killed → traffic again", ms(server[VPN2]), ms(server[OURS]), "≤ 300 ms"))
         rows.append(("  open TCP stream survived", "", result["server_killed_tcp_survived"], "all"))
+        back = result["server_failback_longest_gap_seconds"]
+        rows.append(("vpn-seed-server back → longest gap in fail-back", ms(back[VPN2]), ms(back[OURS]), "(measured)"))
+        rows.append(("  open TCP stream survived kill and fail-back", "", result["server_failback_tcp_survived"], "(measured)"))
+        flips = result["server_kill_and_failback_switches"]
+        rows.append(("  primary switches in all kills and fail-backs", f"{flips[VPN2]:.0f}", f"{flips[OURS]:.0f}", "0"))
     if black:
         rows.append(("vpn-seed-server black-holed, no bond monitor", "", ms(black["monitor_off"]), "(documented)"))
         rows.append(("vpn-seed-server black-holed, NS monitor on", "", ms(black["monitor_on"]), "≤ 1 s"))

@@ -1,8 +1,11 @@
 """Notices this node's bond failing over (pure, no I/O).
 
-When a vpn-seed-server dies or comes back, every pod's bond moves at once:
-here a slave loses carrier or the active slave changes, and on the far side
-each vpn-shoot's bond moves too, a few hundred ms sooner or later. Every path
+When a vpn-seed-server dies or comes back, every pod's bond moves: here a
+slave loses or gains carrier (OpenVPN closes the tap when its connection
+breaks and opens it when it reconnects) or the active slave changes, and on
+the far side each vpn-shoot's bond moves too, a few hundred ms (a server
+death) or seconds (the fail-back to tap0 when a server returns: every client
+reconnects on its own schedule) sooner or later. Every path
 is interrupted and they come back one by one, so "the other vpn-shoot answered
 while the primary did not" says nothing about the vpn-shoots for a moment.
 Switching then would only break open connections (the shoot side
@@ -14,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SLAVE_LOST_CARRIER = "slave_lost_carrier"
+SLAVE_GAINED_CARRIER = "slave_gained_carrier"
 ACTIVE_SLAVE_CHANGED = "active_slave_changed"
 
 
@@ -36,7 +40,8 @@ class BondWatch:
         self.carrier: dict[int, bool] = {}  # enslaved ifindex -> carrier
 
     def observe(self, link: LinkFacts) -> str | None:
-        """The failover this message shows (SLAVE_LOST_CARRIER, ACTIVE_SLAVE_CHANGED), if any.
+        """The failover this message shows (SLAVE_LOST_CARRIER, SLAVE_GAINED_CARRIER,
+        ACTIVE_SLAVE_CHANGED), if any.
 
         Call with the initial link dump first: what is already there is no event.
         """
@@ -52,6 +57,6 @@ class BondWatch:
         # Kept for every enslaved link: a dump may list the slaves before their bond.
         before = self.carrier.get(link.index)
         self.carrier[link.index] = link.carrier
-        if before and not link.carrier and link.master == self.bond_index:
-            return SLAVE_LOST_CARRIER
-        return None
+        if before is None or before == link.carrier or link.master != self.bond_index:
+            return None
+        return SLAVE_GAINED_CARRIER if link.carrier else SLAVE_LOST_CARRIER

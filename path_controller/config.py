@@ -50,7 +50,7 @@ class PathControllerSettings(EnvSettings):
     probe_rise: int = Field(3, ge=1, le=100, description="consecutive answers to call a target up again")
     probe_late_after: float = Field(0.025, gt=0, le=10, description="a reply overdue by this much starts a burst")
     probe_stall_factor: float = Field(4.0, ge=1, le=100, description="after a late answer, silence must last this many times as long")
-    probe_failover_hold: float = Field(1.5, ge=0, le=60, description="no target is called down this long after this node's bond lost a slave or moved (0: off)")
+    probe_failover_hold: float = Field(1.5, ge=0, le=60, description="no target is called down this long after this node's bond lost or regained a slave or moved (0: off)")
     probe_stall_memory: float = Field(0.0, ge=0, le=86400, description="seconds a stalling path keeps its longer dead interval (0: off)")
 
     # --- routes -----------------------------------------------------------

@@ -1,6 +1,12 @@
 """BondWatch: which link messages mean this node's bond is failing over."""
 
-from path_controller.bondwatch import ACTIVE_SLAVE_CHANGED, SLAVE_LOST_CARRIER, BondWatch, LinkFacts
+from path_controller.bondwatch import (
+    ACTIVE_SLAVE_CHANGED,
+    SLAVE_GAINED_CARRIER,
+    SLAVE_LOST_CARRIER,
+    BondWatch,
+    LinkFacts,
+)
 
 BOND, TAP0, TAP1 = 5, 3, 4
 
@@ -25,7 +31,8 @@ def test_a_slave_losing_carrier_is_a_failover():
     watch = primed()
     assert watch.observe(tap(TAP1, False)) == SLAVE_LOST_CARRIER  # the backup: the far side's bond may move
     assert watch.observe(tap(TAP1, False)) is None  # repeated messages are one event
-    assert watch.observe(tap(TAP1, True)) is None  # carrier back, the bond stays: nothing moves
+    # Carrier back: the server returned, every bond fails back to tap0 on its own schedule.
+    assert watch.observe(tap(TAP1, True)) == SLAVE_GAINED_CARRIER
 
 
 def test_the_active_slave_changing_is_a_failover():
