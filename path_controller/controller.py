@@ -216,7 +216,7 @@ class PathController:
         if j is None:
             return
         self.metrics.rtt.labels(j).observe(rtt)
-        others = [h for k, h in self.health.items() if k != j]
+        others = (h for k, h in self.health.items() if k != j)  # read only when an answer is a stall
         self._note(j, self.health[j].answered(rtt, now, others), now)
         waiter = self._answer_waiters.get(j)
         if waiter is not None:

@@ -198,14 +198,16 @@ class TargetHealth:
 
     def outlasted_by(self, other: TargetHealth, now: float) -> bool:
         """Whether ``other`` answered a probe sent while this target was silent, and this
-        one then stayed silent for a whole dead interval more: this path failed, not just
-        the moment. A stalled node delays every target's answers alike; a failed server
-        silences every path until the bonds on both ends have moved, which on a loaded
-        node ends a few hundred ms apart for different vpn-shoots, and a switch then
-        would break every open connection (the shoot side masquerades)."""
+        one then stayed silent for half a dead interval more: this path failed, not just
+        the moment. A stalled node delays every target's answers alike, and after a
+        silence every target shared they come back within milliseconds. The margin costs
+        a real death nothing: the down verdict needs longer. Paths that come back
+        further apart after a server failure are the bonds failing over; the controller
+        holds verdicts for those (bondwatch)."""
+        margin = max(self.late_after, self.timing.dead_interval / 2)
         for sent_at, rtt in other.answers:
             if sent_at >= self.silent_since:
-                deadline = now - rtt - max(self.late_after, self.timing.dead_interval)
+                deadline = now - rtt - margin
                 if any(sent_at <= ours <= deadline for ours in self.unanswered):
                     return True
         return False

@@ -267,7 +267,8 @@ class UdpCatcher:
     def __init__(self, ns: str, address: IPv6Address, port: int = 5400):
         self.sock = nsutil.ns_socket(ns, socket.AF_INET6, socket.SOCK_DGRAM)
         self.sock.bind((str(address), port))
-        self.sock.settimeout(10)
+        # Generous: a CI run on a loaded box once saw a daemon's start take over 10 s.
+        self.sock.settimeout(30)
 
     def receive(self) -> tuple[bytes, IPv6Address]:
         data, address = self.sock.recvfrom(2048)

@@ -358,19 +358,22 @@ def test_after_a_shared_blackout_the_first_fresh_answer_is_not_yet_evidence():
     probe_both(primary, other, back)
     other.answered(0.004, back + 0.004)
     assert not primary.outlasted_by(other, back + 0.005)
-    assert not primary.outlasted_by(other, back + 0.004 + DEFAULT.dead_interval - 0.01)
-    assert primary.outlasted_by(other, back + 0.004 + DEFAULT.dead_interval + 0.001)
+    margin = DEFAULT.dead_interval / 2
+    assert not primary.outlasted_by(other, back + 0.004 + margin - 0.01)
+    assert primary.outlasted_by(other, back + 0.004 + margin + 0.001)
 
 
-def test_paths_back_a_little_apart_after_a_server_failure_are_not_outlasting():
-    """A server died: the other vpn-shoot's bond moved 300 ms before the primary's.
-    Switching would break every open connection for nothing."""
+def test_paths_back_a_little_apart_after_a_shared_silence_are_not_outlasting():
+    """Every path was silent (this node, a server); the other vpn-shoot's path came
+    back 150 ms before the primary's. Switching would break every open connection
+    for nothing. (Bond failovers set them further apart: the controller holds
+    verdicts for those, see bondwatch.)"""
     primary, other = up(REMEMBERING), up(REMEMBERING)
     t = S
-    while t < S + 1.0:  # both silent while the bonds move
+    while t < S + 1.0:  # both silent
         probe_both(primary, other, t)
         t += DEFAULT.burst_interval
-    other_back, primary_back = S + 1.0, S + 1.3
+    other_back, primary_back = S + 1.0, S + 1.15
     while t < primary_back:
         probe_both(primary, other, t)
         if t >= other_back:
