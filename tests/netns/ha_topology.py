@@ -44,7 +44,6 @@ SHOOT_TARGETS = (SHOOT_NODE, SHOOT_NODE6, SHOOT_POD, SHOOT_POD6, SHOOT_SERVICE, 
 
 # The opt-in bond monitor as scenario 3 and the benchmark run it: NS every 100 ms, down after 3 missed.
 NS_MONITOR = {"BOND_MONITOR": "ns", "BOND_NS_INTERVAL_MS": "100", "BOND_NS_MISSED_MAX": "3"}
-NS_MONITOR_FAST = {**NS_MONITOR, "BOND_NS_INTERVAL_MS": "50"}
 
 @dataclass
 class Member:
