@@ -47,6 +47,7 @@ class Bench:
         self.topo = topo
         self.profiles = profiles  # apiserver name -> profile
         self.streams: dict[str, UdpStream] = {}
+        self.blackhole_switches: dict[str, dict[str, float]] = {}
 
     async def open_streams(self) -> None:
         for api in self.topo.apiservers:
@@ -178,6 +179,7 @@ async def server_blackholed(bench: Bench, runs: int, monitor: dict[str, str]) ->
     topo = bench.topo
     topo.set_bond_monitor(**monitor)
     await topo.wait_converged()
+    before = await bench.switches()
     results = []
     for run in range(runs):
         server = topo.servers[await active_server(topo)]
@@ -192,6 +194,12 @@ async def server_blackholed(bench: Bench, runs: int, monitor: dict[str, str]) ->
         topo.blackhole(server, on=False)
         await topo.wait_converged()
         await asyncio.sleep(3)
+    after = await bench.switches()
+    flips = {OURS: 0.0, VPN2: 0.0}
+    for api in topo.apiservers:
+        flips[bench.profiles[api.name]] += after[api.name] - before[api.name]
+    bench.blackhole_switches[describe(monitor)] = flips
+    log(f"  primary switches in these black holes and their recovery: {flips}")
     return results
 
 
@@ -328,6 +336,7 @@ async def run(args) -> dict:
         "server_blackholed_seconds": blackhole_on and {
             "monitor_off": summary(blackhole_off),
             "monitor_on": [{"monitor": name, **summary(values)} for name, values in blackhole_on.items()],
+            "switches": bench.blackhole_switches,
         },
         "false_switches": false_switches and {**false_switches, "seconds": args.loss_seconds, "loss_percent_each_way": 20,
                                               "where": "inside the VPN (vpn-shoot taps)"},
@@ -357,6 +366,8 @@ def print_table(result: dict) -> None:
         rows.append(("vpn-seed-server black-holed, no bond monitor", "", ms(black["monitor_off"]), "(documented)"))
         for measured in black["monitor_on"]:
             rows.append((f"vpn-seed-server black-holed, {measured['monitor']}", "", ms(measured), "≤ 1 s"))
+        for monitor, flips in black["switches"].items():
+            rows.append((f"  primary switches, monitor {monitor}", f"{flips[VPN2]:.0f}", f"{flips[OURS]:.0f}", "(measured)"))
     if false_switches:
         rows.append((f"false switches, 20 % loss in the VPN, {false_switches['seconds']:.0f} s",
                      f"{false_switches[VPN2]:.0f}", f"{false_switches[OURS]:.0f}", "0"))

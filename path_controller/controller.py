@@ -390,6 +390,8 @@ class PathController:
         until = self.clock() + hold
         for health in self.health.values():
             health.hold(until)
+        if self.selector is not None:
+            self.selector.hold(until)
         if self.log_limit.allow(("bond", event)) is not None:
             LOG.info(
                 "bond failing over; no vpn-shoot is called down while the paths settle",

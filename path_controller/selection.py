@@ -14,6 +14,9 @@
   to ``startup_grace``) instead of taking whichever answered first; an
   adopted primary (routes found in the kernel) is kept like any other.
 * Never blackhole: with no healthy target the routes stay where they are.
+* Hold: while this node's bond fails over (``hold``) the primary stays, even
+  if it was already down: every path was interrupted and they come back one
+  by one, so the first one back is no better (seen after a black hole).
 """
 
 from __future__ import annotations
@@ -54,6 +57,11 @@ class PathSelector:
         self.started = now
         self.startup_grace = startup_grace
         self.stranded = False  # primary down and nothing healthy to go to
+        self.hold_until = float("-inf")
+
+    def hold(self, until: float) -> None:
+        """Keep the primary until ``until`` (this node's bond is failing over)."""
+        self.hold_until = max(self.hold_until, until)
 
     def decide(self, targets: Mapping[int, TargetView], now: float) -> Switch | None:
         """A Switch when the primary must change, else None."""
@@ -65,6 +73,8 @@ class PathSelector:
             return None
         healthy = [j for j in self.order if j != self.primary and states[j].healthy]
         self.stranded = not healthy
+        if now < self.hold_until:
+            return None
         primary = targets[self.primary]
         for candidate in healthy:
             if primary.outlasted_by(targets[candidate], now):

@@ -132,3 +132,23 @@ def test_no_switch_when_every_target_fell_silent_together():
 def test_evidence_picks_among_healthy_targets_in_order():
     selector = PathSelector([2, 0, 1], now=0.0, startup_grace=0.7, adopted=2)
     assert selector.decide(states(View(U, answering=False), U, D), 5.45).new == 1
+
+
+def test_no_switch_while_the_bond_fails_over_even_from_a_down_primary():
+    """A black hole left every target down; the bond's failover brings them back one
+    by one. The first one back is no better: wait for the hold to end."""
+    selector = PathSelector([0, 1], now=0.0, startup_grace=0.7, adopted=0)
+    assert selector.decide(states(D, D), 5.0) is None and selector.stranded
+    selector.hold(10.0 + 1.5)  # the bond moved at 10.0
+    assert selector.decide(states(D, U), 10.7) is None  # the other came back first
+    assert selector.stranded is False  # it has a place to go, it is waiting
+    assert selector.decide(states(U, U), 10.9) is None  # and the primary came back too
+    assert selector.primary == 0
+
+
+def test_a_primary_still_down_when_the_hold_ends_is_left():
+    selector = PathSelector([0, 1], now=0.0, startup_grace=0.7, adopted=0)
+    selector.hold(11.5)
+    selector.hold(11.0)  # holds only extend
+    assert selector.decide(states(D, U), 11.4) is None
+    assert selector.decide(states(D, U), 11.5).new == 1
