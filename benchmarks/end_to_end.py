@@ -47,7 +47,6 @@ class Bench:
         self.topo = topo
         self.profiles = profiles  # apiserver name -> profile
         self.streams: dict[str, UdpStream] = {}
-        self.blackhole_switches: dict[str, dict[str, float]] = {}
 
     async def open_streams(self) -> None:
         for api in self.topo.apiservers:
@@ -88,6 +87,14 @@ class Bench:
             api.name: await self.topo.metric(api, "path_controller_switches_total", reason="primary down") or 0.0
             for api in self.topo.apiservers
         }
+
+    async def switches_since(self, before: dict[str, float]) -> dict[str, float]:
+        """Switches per profile since ``before`` (a ``switches()`` reading)."""
+        after = await self.switches()
+        result = {OURS: 0.0, VPN2: 0.0}
+        for api in self.topo.apiservers:
+            result[self.profiles[api.name]] += after[api.name] - before[api.name]
+        return result
 
 
 async def shoot_killed(bench: Bench, runs: int) -> dict[str, list[float]]:
@@ -159,10 +166,7 @@ async def server_killed(bench: Bench, runs: int) -> ServerRuns:
             f"{', '.join(f'{1000 * v:.0f}' for v in got[OURS] + got[VPN2])} ms; fail-back gaps "
             f"{', '.join(f'{1000 * v:.0f}' for v in gaps.values())} ms; TCP stream "
             f"{'survived' if survived_kill else 'BROKE'} the kill, {'survived' if survived_failback else 'BROKE or gone'} the fail-back")
-    after = await bench.switches()
-    result.switches = {OURS: 0.0, VPN2: 0.0}
-    for api in topo.apiservers:
-        result.switches[bench.profiles[api.name]] += after[api.name] - switches_before[api.name]
+    result.switches = await bench.switches_since(switches_before)
     return result
 
 
@@ -175,7 +179,8 @@ async def active_server(topo: HaTopology) -> int:
     return int(tap.get("IFLA_IFNAME")[-1])
 
 
-async def server_blackholed(bench: Bench, runs: int, monitor: dict[str, str]) -> list[float]:
+async def server_blackholed(bench: Bench, runs: int, monitor: dict[str, str]) -> tuple[list[float], dict[str, float]]:
+    """Traffic-again times of ``runs`` black holes, and the switches per profile in them."""
     topo = bench.topo
     topo.set_bond_monitor(**monitor)
     await topo.wait_converged()
@@ -194,13 +199,9 @@ async def server_blackholed(bench: Bench, runs: int, monitor: dict[str, str]) ->
         topo.blackhole(server, on=False)
         await topo.wait_converged()
         await asyncio.sleep(3)
-    after = await bench.switches()
-    flips = {OURS: 0.0, VPN2: 0.0}
-    for api in topo.apiservers:
-        flips[bench.profiles[api.name]] += after[api.name] - before[api.name]
-    bench.blackhole_switches[describe(monitor)] = flips
+    flips = await bench.switches_since(before)
     log(f"  primary switches in these black holes and their recovery: {flips}")
-    return results
+    return results, flips
 
 
 def describe(monitor: dict[str, str]) -> str:
@@ -216,11 +217,7 @@ async def count_switches(bench: Bench, inject, seconds: float, clear) -> dict[st
         await asyncio.sleep(seconds)
     finally:
         clear()
-    after = await bench.switches()
-    result = {OURS: 0.0, VPN2: 0.0}
-    for api in bench.topo.apiservers:
-        result[bench.profiles[api.name]] += after[api.name] - before[api.name]
-    return result
+    return await bench.switches_since(before)
 
 
 async def busiest_shoot(topo: HaTopology):
@@ -292,6 +289,7 @@ async def run(args) -> dict:
         chosen = set(args.scenarios.split(","))
         idle = shoot = server = blackhole_off = false_switches = underlay = None
         blackhole_on: dict[str, list[float]] = {}
+        blackhole_switches: dict[str, dict[str, float]] = {}
         if "idle" in chosen:
             log("idle resources")
             idle = await resources(topo, args.idle_seconds)
@@ -303,10 +301,11 @@ async def run(args) -> dict:
             server = await server_killed(bench, args.runs)
         if "blackhole" in chosen:
             log("vpn-seed-server black-holed")
-            blackhole_off = await server_blackholed(bench, 1, {})
+            blackhole_off, blackhole_switches["off"] = await server_blackholed(bench, 1, {})
             for interval in args.ns_intervals.split(","):
                 monitor = {**NS_MONITOR, "BOND_NS_INTERVAL_MS": interval}
-                blackhole_on[describe(monitor)] = await server_blackholed(bench, args.runs, monitor)
+                name = describe(monitor)
+                blackhole_on[name], blackhole_switches[name] = await server_blackholed(bench, args.runs, monitor)
             topo.set_bond_monitor()
             await topo.wait_converged()
         if "loss" in chosen:
@@ -336,7 +335,7 @@ async def run(args) -> dict:
         "server_blackholed_seconds": blackhole_on and {
             "monitor_off": summary(blackhole_off),
             "monitor_on": [{"monitor": name, **summary(values)} for name, values in blackhole_on.items()],
-            "switches": bench.blackhole_switches,
+            "switches": blackhole_switches,
         },
         "false_switches": false_switches and {**false_switches, "seconds": args.loss_seconds, "loss_percent_each_way": 20,
                                               "where": "inside the VPN (vpn-shoot taps)"},

@@ -45,9 +45,6 @@ class Vpn2TimingController(PathController):
     def _selection_view(self) -> dict[int, RoundVerdict]:
         return {j: RoundVerdict(health.state) for j, health in self.health.items()}
 
-    def _bond_failing_over(self, event, link) -> None:
-        self.metrics.bond_failovers.labels(event).inc()  # counted, but vpn2 holds nothing
-
     def tasks(self) -> list:
         return [self.pinger.run(), self._announce_loop(), self._route_loop(), self._event_loop(), self._rounds()]
 
@@ -90,7 +87,8 @@ class Vpn2TimingController(PathController):
 
 async def serve(settings: PathControllerSettings, stop: asyncio.Event) -> int:
     ipr = AsyncIPRoute()
-    controller = Vpn2TimingController(settings, ipr)
+    # vpn2 holds nothing while a bond fails over (bond failovers are still counted).
+    controller = Vpn2TimingController(settings.model_copy(update={"probe_failover_hold": 0.0}), ipr)
     http = HttpServer(Endpoints(controller.registry, controller.heartbeats.check, controller.ready),
                       settings.http_host, settings.http_port)
     await controller.start()
