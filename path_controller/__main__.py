@@ -20,16 +20,18 @@ from daemonkit.http import Endpoints, HttpServer
 from daemonkit.lifecycle import cancel_and_wait, run
 from daemonkit.logs import setup_logging
 from path_controller.config import PathControllerSettings
-from path_controller.controller import PathController
+from path_controller.controller import PathController, PolicyFactory, our_probing
 from path_controller.sockets import PingSocketUnavailable
 
 PROGRAM = "path-controller"
 LOG = logging.getLogger("path_controller")
 
 
-async def serve(settings: PathControllerSettings, key: bytes | None, stop: asyncio.Event) -> int:
+async def serve(
+    settings: PathControllerSettings, key: bytes | None, stop: asyncio.Event, policy: PolicyFactory = our_probing
+) -> int:
     ipr = AsyncIPRoute()
-    controller = PathController(settings, ipr, key=key)
+    controller = PathController(settings, ipr, key=key, policy=policy)
     http = HttpServer(
         Endpoints(controller.registry, controller.heartbeats.check, controller.ready),
         settings.http_host,
@@ -62,22 +64,32 @@ async def serve(settings: PathControllerSettings, key: bytes | None, stop: async
         ipr.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    *,
+    policy: PolicyFactory = our_probing,
+    program: str = PROGRAM,
+    overrides: dict | None = None,
+) -> int:
+    """``policy``, ``program`` and ``overrides`` (settings fields) let a benchmark run
+    the same daemon with another probe policy (benchmarks/vpn2_profile.py)."""
     parser = argparse.ArgumentParser(
-        prog=PROGRAM,
+        prog=program,
         description="Keep a kube-apiserver's routes to the shoot on a healthy vpn-shoot; "
         "configured by environment variables (see README).",
     )
     parser.parse_args(argv)
-    settings = load_or_exit(PathControllerSettings, PROGRAM)
+    settings = load_or_exit(PathControllerSettings, program)
+    if overrides:
+        settings = settings.model_copy(update=overrides)
     key = None
     if settings.announce_key_file is not None:
         try:
             key = load_key(settings.announce_key_file)
         except ValueError as exc:
-            config_error(PROGRAM, f"ANNOUNCE_KEY_FILE: {exc}")
+            config_error(program, f"ANNOUNCE_KEY_FILE: {exc}")
     setup_logging(settings.log_level)
-    return run(lambda stop: serve(settings, key, stop))
+    return run(lambda stop: serve(settings, key, stop, policy))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE, RTMGRP_L
 from bonding import links
 from bonding.plan import BOND_DEVICE, seed_tunnel_name
 from path_controller.bondwatch import LinkFacts
+from path_controller.core import LinkChanged, RouteChanged
 from path_controller.routes import IPNetwork, Route
 
 MAIN_TABLE = 254
@@ -74,8 +75,8 @@ class Kernel:
 
 
 def link_facts(msg) -> LinkFacts | None:
-    """The bond-relevant facts of an RTM_NEWLINK message, None for anything else."""
-    if msg.get("event") != "RTM_NEWLINK" or msg.get("IFLA_IFNAME") is None:
+    """The bond-relevant facts of an RTM_NEWLINK or RTM_DELLINK message, None for anything else."""
+    if msg.get("event") not in ("RTM_NEWLINK", "RTM_DELLINK") or msg.get("IFLA_IFNAME") is None:
         return None
     data = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
     carrier = msg.get("IFLA_CARRIER")
@@ -86,6 +87,18 @@ def link_facts(msg) -> LinkFacts | None:
         carrier=None if carrier is None else bool(carrier),
         active_slave=data.get("IFLA_BOND_ACTIVE_SLAVE") if data else None,
     )
+
+
+async def kernel_events(clock) -> AsyncIterator[LinkChanged | RouteChanged]:
+    """Route and link changes as the core's events, until cancelled."""
+    async for msg in route_and_link_events():
+        event = msg.get("event")
+        if event in ("RTM_NEWLINK", "RTM_DELLINK"):
+            if (link := link_facts(msg)) is not None:
+                yield LinkChanged(clock(), link, removed=event == "RTM_DELLINK")
+        elif event in ("RTM_NEWROUTE", "RTM_DELROUTE") and (dst := msg.get("RTA_DST")) is not None:
+            network = ip_network(f"{dst}/{msg['dst_len']}", strict=False)
+            yield RouteChanged(clock(), network, msg.get("RTA_OIF"), msg["proto"], removed=event == "RTM_DELROUTE")
 
 
 async def route_and_link_events(netns: str | None = None) -> AsyncIterator[object]:

@@ -4,7 +4,7 @@ detection, no false verdicts under loss, stalls forgiven."""
 import pytest
 
 from path_controller.probe import TRANSITIONS, Health, ProbeTiming, TargetHealth
-from tests.unit.probe_sim import Path, simulate
+from tests.unit.pathsim import Path, simulate
 
 DEFAULT = ProbeTiming()
 REMEMBERING = ProbeTiming(stall_memory=300.0)  # stall memory is opt-in
@@ -104,12 +104,12 @@ def test_no_false_down_in_ten_minutes_at_20_percent_loss_each_way(seed):
     result, _ = simulate(DEFAULT, Path(loss_each_way=0.2, rtt=0.002, jitter=0.003), duration=600, seed=seed)
     assert result.times_entering(Health.DOWN) == []
     # Probe cost stays within budget: at most 50 probes/s on average even under loss.
-    assert result.sent / 600 <= 50
+    assert result.sent[0] / 600 <= 50
 
 
 def test_probe_rate_when_healthy_is_the_slow_interval():
     result, _ = simulate(DEFAULT, Path(rtt=0.002), duration=60)
-    assert result.sent / 60 == pytest.approx(1 / DEFAULT.interval, rel=0.05)
+    assert result.sent[0] / 60 == pytest.approx(1 / DEFAULT.interval, rel=0.05)
 
 
 def test_slow_path_is_judged_on_its_own_round_trip():
@@ -130,7 +130,7 @@ def test_a_stalled_loop_is_not_silence():
 
 def test_recovery_after_death():
     result, health = simulate(DEFAULT, Path(dead_from=2.0, alive_from=4.0), duration=6.0)
-    states = [tr.new for _, tr in result.transitions]
+    states = [tr.new for _, _, tr in result.transitions]
     assert Health.DOWN in states and states[-1] is Health.UP
     assert health.state is Health.UP
 

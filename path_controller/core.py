@@ -1,0 +1,465 @@
+"""The path-controller's decisions (pure, clock passed in): events in, effects out.
+
+The runner tells the core what happened — a probe answered or refused, a
+link or route changed, what the kernel's routes look like, how a route
+write went, or only that time passed — always with ``now``; the core
+returns what to do: send a probe, read or write the routes, log, update a
+metric. It does no I/O and reads no clock; ``next_wakeup()`` says when the
+runner must come back with a ``Tick``. The unit tests, the simulation and
+the daemon all drive this same object.
+
+What it decides:
+* probing: the probe policy (``probing.Probing``, or vpn2's timing) says
+  which probes are due and which verdicts changed;
+* which vpn-shoot is primary (``selection.PathSelector``), holding verdicts
+  while this node's bond fails over (``bondwatch``);
+* at start, which vpn-shoot the routes a previous instance left point to;
+* the routes: read the kernel's, compute the change (add before delete),
+  write it, report the state reached, retry with backoff until the whole
+  set points one way; re-read on a route or tunnel change that is not our
+  own echo and every ``route_resync_interval``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter as Tally
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv6Address
+
+from daemonkit.logs import RateLimiter
+from path_controller.bondwatch import BondWatch, LinkFacts
+from path_controller.probe import Health, Transition
+from path_controller.probing import ProbePolicy
+from path_controller.routes import IPNetwork, Route, route_changes
+from path_controller.selection import PathSelector, Switch
+
+# --- events (runner → core) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Started:
+    """What the kernel holds at start: links (bond state), our routes, the tunnels' ifindexes."""
+
+    now: float
+    links: tuple[LinkFacts, ...]
+    routes: Mapping[IPNetwork, Route]
+    tunnels: Mapping[int, int]  # vpn-shoot index → ifindex of bond0-ip6tnl<j>
+
+
+@dataclass(frozen=True)
+class Tick:
+    now: float
+
+
+@dataclass(frozen=True)
+class Answered:
+    now: float
+    target: int
+    rtt: float
+
+
+@dataclass(frozen=True)
+class SendFailed:
+    now: float
+    target: int
+    error: str
+
+
+@dataclass(frozen=True)
+class ProbeExpired:
+    """The socket gave up matching a probe: it was never answered."""
+
+    now: float
+    target: int
+
+
+@dataclass(frozen=True)
+class LinkChanged:
+    now: float
+    link: LinkFacts
+    removed: bool = False
+
+
+@dataclass(frozen=True)
+class RouteChanged:
+    now: float
+    network: IPNetwork
+    oif: int | None
+    protocol: int
+    removed: bool = False
+
+
+@dataclass(frozen=True)
+class RoutesRead:
+    """Answer to ReadRoutes: the primary's tunnel exists (``tunnel`` says what it took) with ``oif``."""
+
+    now: float
+    primary: int
+    oif: int
+    present: Mapping[IPNetwork, Route]
+    tunnel: str = "kept"  # kept | created | replaced | adjusted
+
+
+@dataclass(frozen=True)
+class RoutesUnreadable:
+    now: float
+    primary: int
+    problem: str
+
+
+@dataclass(frozen=True)
+class RoutesWritten:
+    """Answer to WriteRoutes: what failed (empty: the whole change is in place)."""
+
+    now: float
+    primary: int
+    oif: int
+    failures: tuple[str, ...] = ()
+
+
+Event = (
+    Started | Tick | Answered | SendFailed | ProbeExpired | LinkChanged | RouteChanged
+    | RoutesRead | RoutesUnreadable | RoutesWritten
+)
+
+# --- effects (core → runner) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendProbe:
+    target: int
+
+
+@dataclass(frozen=True)
+class ReadRoutes:
+    """Make sure the primary's tunnel exists and is up (idempotent), then read the routes."""
+
+    primary: int
+
+
+@dataclass(frozen=True)
+class WriteRoutes:
+    """Point ``replace`` at ``oif``; only if all of that worked, delete ``remove`` (add before delete)."""
+
+    primary: int
+    oif: int
+    replace: tuple[IPNetwork, ...]
+    remove: tuple[IPNetwork, ...]
+
+
+@dataclass(frozen=True)
+class Log:
+    level: int
+    message: str
+    fields: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """``op`` on the metric attribute ``name`` of PathMetrics: inc | set | observe | state."""
+
+    name: str
+    op: str
+    value: float | str = 1
+    labels: tuple = ()
+
+
+Effect = SendProbe | ReadRoutes | WriteRoutes | Log | Metric
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    targets: tuple[IPv6Address, ...]  # bond addresses of the vpn-shoots, by index
+    networks: tuple[IPNetwork, ...]  # what the primary's tunnel carries
+    route_protocol: int
+    preference: tuple[int, ...]  # this kube-apiserver's order of the vpn-shoots
+    startup_grace: float  # how long the first choice waits for the preferred target's verdict
+    failover_hold: float  # no down verdict this long after this node's bond moved (0: off)
+    route_resync_interval: float
+    retry_min: float = 0.05  # route writes that failed: first retry, doubling up to retry_max
+    retry_max: float = 1.0
+    bond_device: str = "bond0"
+    tunnel_names: tuple[str, ...] = ()  # bond0-ip6tnl<j>, for logs
+
+
+class PathCore:
+    def __init__(self, config: CoreConfig, probing: ProbePolicy, now: float):
+        self.config = config
+        self.probing = probing
+        self.now = now
+        self.selector: PathSelector | None = None
+        self.bond_watch = BondWatch(config.bond_device)
+        self.log_limit = RateLimiter(interval=30.0, clock=lambda: self.now)
+        # Routes: what we last made the kernel hold, and what we are doing about it.
+        self.routes_ok = False
+        self.route_problem = "routes not written yet"
+        self.applied_primary: int | None = None
+        self.applied_oif: int | None = None
+        self.routes_wanted = False  # a read (and maybe a write) is needed
+        self.route_work: ReadRoutes | WriteRoutes | None = None  # in flight with the runner
+        self.retry_at = float("-inf")
+        self.retry_delay = config.retry_min
+        self.resync_at = now + config.route_resync_interval
+        self._out: list[Effect] = []
+
+    # --- the one entry point -------------------------------------------------
+
+    def handle(self, event: Event) -> list[Effect]:
+        self.now = max(self.now, event.now)
+        handler = getattr(self, f"_on_{type(event).__name__}")
+        handler(event)
+        self._step()
+        out, self._out = self._out, []
+        return out
+
+    def next_wakeup(self) -> float:
+        """When the runner must send a Tick if nothing else happens first."""
+        wakeups = [self.probing.next_wakeup(), self.resync_at]
+        if self.routes_wanted and self.route_work is None and self.retry_at > self.now:
+            wakeups.append(self.retry_at)  # a retry after its backoff
+        if self.selector is not None and self.selector.primary is None:
+            grace_ends = self.selector.started + self.selector.startup_grace
+            if grace_ends > self.now:
+                wakeups.append(grace_ends)  # the first choice stops waiting for the preferred target
+        return min(wakeups)
+
+    def ready(self) -> tuple[bool, str]:
+        primary = self.primary
+        if primary is None:
+            return False, "no vpn-shoot chosen yet"
+        state = self.probing.views()[primary].state
+        if not state.healthy:
+            return False, f"primary vpn-shoot {primary} ({self.config.targets[primary]}) is {state.value}"
+        if not self.routes_ok:
+            return False, self.route_problem
+        return True, f"ok: shoot networks via {self._tunnel(primary)}"
+
+    @property
+    def primary(self) -> int | None:
+        return self.selector.primary if self.selector else None
+
+    # --- events ----------------------------------------------------------------
+
+    def _on_Started(self, event: Started) -> None:
+        for link in event.links:
+            self.bond_watch.observe(link)  # what is there now is no failover
+        adopted = self._adopt(event.routes, event.tunnels)
+        config = self.config
+        self.selector = PathSelector(list(config.preference), self.now, config.startup_grace, adopted)
+        self.applied_primary = adopted
+        self._metric("routes_consistent", "set", 0)
+        self._metric("primary", "set", -1 if adopted is None else adopted)
+        for j in range(len(config.targets)):
+            self._export_state(j)
+        if adopted is not None:
+            self._want_routes()  # check the adopted routes are complete
+
+    def _adopt(self, routes: Mapping[IPNetwork, Route], tunnels: Mapping[int, int]) -> int | None:
+        """The vpn-shoot most existing routes point to (a previous instance's choice), if any."""
+        by_ifindex = {index: j for j, index in tunnels.items()}
+        votes = Tally(
+            by_ifindex[routes[n].oif] for n in self.config.networks if n in routes and routes[n].oif in by_ifindex
+        )
+        if not votes:
+            return None
+        adopted = votes.most_common(1)[0][0]
+        self._log(logging.INFO, "adopted existing routes",
+                  {"primary": adopted, "device": self._tunnel(adopted), "routes": sum(votes.values())})
+        return adopted
+
+    def _on_Tick(self, event: Tick) -> None:
+        pass  # _step does what time brings
+
+    def _on_Answered(self, event: Answered) -> None:
+        self._metric("rtt", "observe", event.rtt, (event.target,))
+        self._verdicts(self.probing.answered(event.target, event.rtt, self.now))
+
+    def _on_SendFailed(self, event: SendFailed) -> None:
+        self._metric("probe_send_errors", "inc", 1, (event.target,))
+        if self.log_limit.allow(("probe-send", event.target)) is not None:
+            self._log(logging.WARNING, "cannot send probe", {"target": event.target, "error": event.error})
+
+    def _on_ProbeExpired(self, event: ProbeExpired) -> None:
+        self._metric("probes_lost", "inc", 1, (event.target,))
+
+    def _on_LinkChanged(self, event: LinkChanged) -> None:
+        link = event.link
+        if link.name.startswith(self.config.bond_device):
+            self._want_routes()  # the bond or one of our tunnels changed
+        if event.removed:
+            return
+        if (failover := self.bond_watch.observe(link)) is not None:
+            self._bond_failing_over(failover, link)
+
+    def _on_RouteChanged(self, event: RouteChanged) -> None:
+        if event.network not in self.config.networks:
+            return
+        # Our own write echoes back as a new route with our mark and device: nothing to do.
+        ours = event.protocol == self.config.route_protocol and event.oif == self.applied_oif
+        if event.removed or not (ours and self.routes_ok):
+            self._want_routes()
+
+    def _on_RoutesRead(self, event: RoutesRead) -> None:
+        self.route_work = None
+        if event.tunnel != "kept":
+            self._log(logging.WARNING, "tunnel repaired", {"device": self._tunnel(event.primary), "outcome": event.tunnel})
+        if event.primary != self.primary:
+            self._want_routes()  # switched meanwhile: start over
+            return
+        changes = route_changes(self.config.networks, event.oif, self.config.route_protocol, event.present)
+        if changes.replace or changes.remove:
+            self.route_work = WriteRoutes(event.primary, event.oif, changes.replace, changes.remove)
+            self._out.append(self.route_work)
+        else:
+            self._routes_consistent(event.primary, event.oif)
+
+    def _on_RoutesUnreadable(self, event: RoutesUnreadable) -> None:
+        self.route_work = None
+        self._route_failure(f"cannot set up the primary's tunnel or read routes: {event.problem}")
+
+    def _on_RoutesWritten(self, event: RoutesWritten) -> None:
+        work, self.route_work = self.route_work, None
+        if event.failures:
+            self._metric("route_sync_errors", "inc", len(event.failures))
+            self._route_failure(
+                f"routes partially switched to {self._tunnel(event.primary)}: {'; '.join(event.failures)}"
+            )
+            return
+        if isinstance(work, WriteRoutes) and work.replace:
+            repaired = event.primary == self.applied_primary
+            if repaired:
+                self._metric("route_repairs", "inc", len(work.replace))
+            self._log(logging.INFO, "routes restored" if repaired else "routes switched",
+                      {"device": self._tunnel(event.primary), "networks": [str(n) for n in work.replace]})
+        self._routes_consistent(event.primary, event.oif)
+        if event.primary != self.primary:
+            self._want_routes()
+
+    # --- decisions -------------------------------------------------------------
+
+    def _step(self) -> None:
+        """What the time brings: due probes and verdicts, the selection, route work."""
+        sends, verdicts = self.probing.step(self.now)
+        self._verdicts(verdicts)
+        for j in sends:
+            self._out.append(SendProbe(j))
+            self._metric("probes_sent", "inc", 1, (j,))
+        self._decide()
+        if self.now >= self.resync_at:
+            self.resync_at = self.now + self.config.route_resync_interval
+            self._want_routes()
+        self._start_route_work()
+
+    def _verdicts(self, verdicts: list[tuple[int, Transition]]) -> None:
+        for j, transition in verdicts:
+            self._export_state(j)
+            # Up and down are events; suspect/rising flicker under loss and stay at debug.
+            if transition.new is Health.DOWN:
+                level = logging.WARNING
+            elif transition.new is Health.UP and transition.old is not Health.SUSPECT:
+                level = logging.INFO
+            else:
+                level = logging.DEBUG
+            self._log(level, f"target {transition.new.value}", {
+                "target": j, "address": str(self.config.targets[j]),
+                "old": transition.old.value, "reason": transition.reason,
+            })
+        touched = {j for j, _ in verdicts}
+        for j in touched:
+            for name, value in self.probing.gauges(j, self.now).items():
+                self._metric(name, "set", value, (j,))
+        if verdicts:
+            self._decide()
+
+    def _decide(self) -> None:
+        if self.selector is None:
+            return
+        was_stranded = self.selector.stranded
+        switch = self.selector.decide(self.probing.views(), self.now)
+        if switch is not None:
+            self._switched(switch)
+        if self.selector.stranded and not was_stranded:
+            self._log(logging.ERROR, "no healthy vpn-shoot; keeping routes where they are", {
+                "primary": self.selector.primary,
+                "states": {j: v.state.value for j, v in self.probing.views().items()},
+            })
+        if self.selector.stranded != was_stranded:
+            self._metric("stranded", "set", 1 if self.selector.stranded else 0)
+
+    def _switched(self, switch: Switch) -> None:
+        self._log(logging.WARNING, "primary switched", {
+            "old": switch.old, "new": switch.new, "reason": switch.reason, "device": self._tunnel(switch.new),
+        })
+        self._metric("switches", "inc", 1, (switch.reason,))
+        self._metric("primary", "set", switch.new)
+        self.retry_at = float("-inf")  # a new primary is worth writing at once
+        self._want_routes()
+
+    def _bond_failing_over(self, failover: str, link: LinkFacts) -> None:
+        self._metric("bond_failovers", "inc", 1, (failover,))
+        hold = self.config.failover_hold
+        if hold <= 0:
+            return
+        until = self.now + hold
+        self.probing.hold(until)
+        if self.selector is not None:
+            self.selector.hold(until)
+        if self.log_limit.allow(("bond", failover)) is not None:
+            self._log(logging.INFO, "bond failing over; no vpn-shoot is called down while the paths settle",
+                      {"event": failover, "device": link.name, "hold_seconds": hold})
+
+    # --- routes ------------------------------------------------------------------
+
+    def _want_routes(self) -> None:
+        self.routes_wanted = True
+
+    def _start_route_work(self) -> None:
+        """One read-then-write at a time; a failure waits for its backoff."""
+        if not self.routes_wanted or self.route_work is not None or self.now < self.retry_at:
+            return
+        primary = self.primary
+        if primary is None:
+            return
+        self.routes_wanted = False
+        self.route_work = ReadRoutes(primary)
+        self._out.append(self.route_work)
+
+    def _routes_consistent(self, primary: int, oif: int) -> None:
+        self.applied_primary, self.applied_oif = primary, oif
+        self.retry_delay = self.config.retry_min
+        self.retry_at = float("-inf")
+        if not self.routes_ok:
+            self.routes_ok = True
+            self.route_problem = ""
+            self._metric("routes_consistent", "set", 1)
+
+    def _route_failure(self, problem: str) -> None:
+        if self.routes_ok or self.route_problem != problem:
+            self._log(logging.ERROR, "route sync failed; retrying", {"problem": problem})
+        if self.routes_ok:
+            self._metric("routes_consistent", "set", 0)
+        self.routes_ok = False
+        self.route_problem = problem
+        # Keep at it until the whole set points one way.
+        self.retry_at = self.now + self.retry_delay
+        self.retry_delay = min(self.retry_delay * 2, self.config.retry_max)
+        self._want_routes()
+
+    # --- output helpers ------------------------------------------------------------
+
+    def _export_state(self, j: int) -> None:
+        state = self.probing.views()[j].state
+        self._metric("target_state", "state", state.value, (j,))
+        self._metric("target_up", "set", 1 if state.healthy else 0, (j,))
+
+    def _tunnel(self, j: int) -> str:
+        names = self.config.tunnel_names
+        return names[j] if j < len(names) else f"{self.config.bond_device}-ip6tnl{j}"
+
+    def _log(self, level: int, message: str, fields: dict) -> None:
+        self._out.append(Log(level, message, fields))
+
+    def _metric(self, name: str, op: str, value: float | str = 1, labels: tuple = ()) -> None:
+        self._out.append(Metric(name, op, value, labels))
