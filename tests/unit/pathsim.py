@@ -100,6 +100,10 @@ class SimResult:
     def times_entering(self, state: Health, target: int = 0) -> list[float]:
         return [t for t, j, tr in self.transitions if j == target and tr.new is state]
 
+    def times_entering_any(self, state: str) -> list[float]:
+        """When any target entered ``state`` ("down", ...)."""
+        return [t for t, _, tr in self.transitions if tr.new.value == state]
+
 
 def config(targets: int = 2, preference: tuple[int, ...] | None = None, timing: ProbeTiming = ProbeTiming(),
            failover_hold: float = 1.5, resync: float = 10.0) -> CoreConfig:
