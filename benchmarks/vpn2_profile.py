@@ -18,13 +18,12 @@ import sys
 from ipaddress import IPv6Address
 
 from daemonkit.config import load_or_exit
-from daemonkit.http import Endpoints, HttpServer
-from daemonkit.lifecycle import cancel_and_wait, run
+from daemonkit.lifecycle import run
 from daemonkit.logs import setup_logging
+from path_controller.__main__ import serve
 from path_controller.config import PathControllerSettings
 from path_controller.controller import PathController
 from path_controller.probe import Health
-from pyroute2 import AsyncIPRoute
 
 TICK = 2.0
 TIMEOUT = 1.0
@@ -85,29 +84,12 @@ class Vpn2TimingController(PathController):
             await asyncio.sleep(max(0.0, started + TICK - loop.time()))
 
 
-async def serve(settings: PathControllerSettings, stop: asyncio.Event) -> int:
-    ipr = AsyncIPRoute()
-    # vpn2 holds nothing while a bond fails over (bond failovers are still counted).
-    controller = Vpn2TimingController(settings.model_copy(update={"probe_failover_hold": 0.0}), ipr)
-    http = HttpServer(Endpoints(controller.registry, controller.heartbeats.check, controller.ready),
-                      settings.http_host, settings.http_port)
-    await controller.start()
-    await http.start()
-    tasks = [asyncio.create_task(coro) for coro in controller.tasks()]
-    try:
-        await stop.wait()
-        return 0
-    finally:
-        await cancel_and_wait(tasks)
-        await http.close()
-        controller.close()
-        ipr.close()
-
-
 def main() -> int:
     settings = load_or_exit(PathControllerSettings, "vpn2-profile")
     setup_logging(settings.log_level)
-    return run(lambda stop: serve(settings, stop))
+    # vpn2 holds nothing while a bond fails over (bond failovers are still counted).
+    settings = settings.model_copy(update={"probe_failover_hold": 0.0})
+    return run("vpn2-profile", lambda daemon: serve(settings, None, daemon, controller_class=Vpn2TimingController))
 
 
 if __name__ == "__main__":
