@@ -102,11 +102,15 @@ class Example(EnvSettings):
     names: CommaList = Field(default_factory=list)
 
 
-def example_error(monkeypatch, capsys, **env) -> str:
+def example(monkeypatch, **env) -> Example:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    return Example()
+
+
+def example_error(monkeypatch, capsys, **env) -> str:
     with pytest.raises(SystemExit) as exited:
-        load_or_exit(Example, "prog")
+        load_or_exit(lambda: example(monkeypatch, **env), "prog")
     assert exited.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()
     return line.removeprefix("prog: invalid configuration: ")
@@ -118,11 +122,8 @@ def test_bounds_apply_to_the_seconds(monkeypatch, capsys):
 
 
 def test_lists_from_the_environment(monkeypatch):
-    monkeypatch.setenv("NETWORKS", " 10.0.0.1/16 ,, fd00::/64,")
-    monkeypatch.setenv("ADDRESSES", "10.0.0.1, fd00::1")
-    monkeypatch.setenv("TARGETS", "fd00::1,fd00::2")
-    monkeypatch.setenv("NAMES", "a, b ,,c")
-    settings = Example()
+    settings = example(monkeypatch, NETWORKS=" 10.0.0.1/16 ,, fd00::/64,", ADDRESSES="10.0.0.1, fd00::1",
+                       TARGETS="fd00::1,fd00::2", NAMES="a, b ,,c")
     assert settings.networks == [ip_network("10.0.0.0/16"), ip_network("fd00::/64")]  # host bits dropped, as vpn2
     assert settings.addresses == [IPv4Address("10.0.0.1"), IPv6Address("fd00::1")]
     assert settings.targets == [IPv6Address("fd00::1"), IPv6Address("fd00::2")]
@@ -130,8 +131,7 @@ def test_lists_from_the_environment(monkeypatch):
 
 
 def test_empty_list(monkeypatch):
-    monkeypatch.setenv("NETWORKS", " , ")
-    assert Example().networks == []
+    assert example(monkeypatch, NETWORKS=" , ").networks == []
 
 
 @pytest.mark.parametrize(

@@ -68,10 +68,10 @@ def test_defaults_are_vpn2s(monkeypatch):
 
 
 def test_durations_take_go_units(monkeypatch):
-    monkeypatch.setenv("POD_IP", "10.96.3.17")
-    monkeypatch.setenv("PROBE_INTERVAL", "200ms")
-    monkeypatch.setenv("PROBE_DEAD_INTERVAL", "1s")
-    monkeypatch.setenv("ROUTE_RESYNC_INTERVAL", "1m30s")
+    env = {"POD_IP": "10.96.3.17", "PROBE_INTERVAL": "200ms", "PROBE_DEAD_INTERVAL": "1s",
+           "ROUTE_RESYNC_INTERVAL": "1m30s"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     settings = PathControllerSettings()
     assert (settings.probe_interval, settings.probe_dead_interval, settings.route_resync_interval) == (0.2, 1.0, 90.0)
 
