@@ -23,23 +23,22 @@ from bonding.links import KernelFeatureMissing
 from bonding.plan import seed_tunnel_name, shoot_tunnel_name
 from bonding.setup import setup
 from daemonkit.config import load_or_exit
+from daemonkit.lifecycle import ExitCode, fail
 from daemonkit.logs import setup_logging
 
 PROGRAM = "bonding"
 LOG = logging.getLogger("bonding")
 
 
-async def _setup(settings: BondingSettings) -> int:
+async def _setup(settings: BondingSettings) -> ExitCode:
     async with AsyncIPRoute() as ipr:
         try:
             await setup(settings, ipr)
         except KernelFeatureMissing as exc:
-            print(f"{PROGRAM}: this kernel lacks {exc}; it cannot build the bond network", file=sys.stderr)
-            return 1
+            return fail(PROGRAM, f"this kernel lacks {exc}; it cannot build the bond network")
         except (NetlinkError, OSError) as exc:
-            print(f"{PROGRAM}: setup failed: {exc}", file=sys.stderr)
-            return 1
-    return 0
+            return fail(PROGRAM, f"setup failed: {exc}")
+    return ExitCode.OK
 
 
 def _plan(settings: BondingSettings) -> dict:
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level)
     if args.command == "plan":
         print(json.dumps(_plan(settings), indent=2))
-        return 0
+        return ExitCode.OK
     return asyncio.run(_setup(settings))
 
 

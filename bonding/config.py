@@ -6,7 +6,6 @@ from ipaddress import IPv6Address, IPv6Network
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
-from pydantic_settings import NoDecode
 
 from bonding.plan import (
     DEFAULT_VPN_NETWORK,
@@ -15,19 +14,7 @@ from bonding.plan import (
     seed_client_index_for_pod,
     shoot_client_index_for_pod,
 )
-from daemonkit.config import EnvSettings
-
-
-def _address_list(value: object) -> object:
-    if not isinstance(value, str):
-        return value
-    result = []
-    for item in filter(None, (part.strip() for part in value.split(","))):
-        try:
-            result.append(IPv6Address(item))
-        except ValueError:
-            raise ValueError(f"{item!r} is not an IPv6 address") from None
-    return result
+from daemonkit.config import EnvSettings, IPv6AddressList
 
 
 def _vpn_network(value: object) -> object:
@@ -52,7 +39,7 @@ class BondingSettings(EnvSettings):
     bond_ns_interval_ms: int = Field(200, ge=10, le=10_000, description="arp_interval for the NS monitor")
     bond_ns_missed_max: int = Field(5, ge=1, le=255, description="arp_missed_max for the NS monitor")
     bond_ns_validate: Literal["none", "active", "backup", "all"] = "none"
-    bond_ns_targets: Annotated[list[IPv6Address], NoDecode, BeforeValidator(_address_list)] = Field(
+    bond_ns_targets: IPv6AddressList = Field(
         default_factory=list, description="ns_ip6_target; default: the bond addresses of the other peers known at setup"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"

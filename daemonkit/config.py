@@ -1,57 +1,120 @@
 """Configuration from the environment (pydantic-settings), with one-line errors.
 
-Settings classes use vpn2's environment variable names without a prefix. Lists
-are comma-separated as in vpn2 (``SHOOT_POD_NETWORKS=10.0.0.0/16,fd00::/64``),
-not JSON.
+Settings classes use vpn2's environment variable names without a prefix. The
+value types every daemon shares:
+
+- ``Duration``: seconds as a number (``4``, ``0.5``) or Go-style units
+  (``500ms``, ``4s``, ``10m``, ``1h``, ``1m30s``); bounds given with
+  ``Field(gt=..., le=...)`` apply to the seconds.
+- comma-separated lists as in vpn2 (``SHOOT_POD_NETWORKS=10.0.0.0/16,fd00::/64``),
+  not JSON: ``NetworkList``, ``IPAddressList``, ``IPv6AddressList``,
+  ``CommaList``; ``comma_list(parse, what)`` makes more.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 from collections.abc import Callable
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Annotated, NoReturn, TypeVar
 
 from pydantic import BeforeValidator, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-EXIT_CONFIG = 2
+from daemonkit.lifecycle import ExitCode
 
 IPNetwork = IPv4Network | IPv6Network
+IPAddress = IPv4Address | IPv6Address
+T = TypeVar("T")
+
+# --- durations -----------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def _split_comma(value: object) -> object:
-    if isinstance(value, str):
-        return [item.strip() for item in value.split(",") if item.strip()]
-    return value
+def parse_duration(value: object) -> object:
+    """Seconds from ``4``, ``0.5``, ``500ms``, ``10m`` or ``1m30s``; other types pass through."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        parts = _DURATION_PART.findall(text)
+        if not parts or "".join(number + unit for number, unit in parts) != text:
+            raise ValueError(f"{value!r} is not a duration (e.g. 4, 500ms, 4s, 10m)") from None
+        return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+    if not math.isfinite(seconds):
+        raise ValueError(f"{value!r} is not a duration (e.g. 4, 500ms, 4s, 10m)")
+    return seconds
 
 
-def _network(value: object) -> object:
-    # vpn2 accepts host bits (net.ParseCIDR drops them); so do we.
-    if isinstance(value, str):
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def is_duration(field: FieldInfo) -> bool:
+    """Whether a settings field is a ``Duration`` (e.g. to document its syntax)."""
+    return any(getattr(meta, "func", None) is parse_duration for meta in field.metadata)
+
+
+# --- values and comma-separated lists of them -------------------------------------
+
+
+def parsed(parse: Callable[[str], T], what: str) -> Callable[[object], object]:
+    """A before-validator turning a string into ``parse(text)``; an error names the text:
+    ``'bogus' is not <what>``. Values that are not strings pass through."""
+
+    def validate(value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
         try:
-            return ip_network(value.strip(), strict=False)
+            return parse(text)
         except ValueError:
-            raise ValueError(f"{value!r} is not an IP network in CIDR notation") from None
-    return value
+            raise ValueError(f"{text!r} is not {what}") from None
+
+    return validate
 
 
-def _network_list(value: object) -> object:
-    value = _split_comma(value)
-    if isinstance(value, list):
-        return [_network(item) for item in value]
-    return value
+def comma_list(parse: Callable[[str], T], what: str) -> Callable[[object], object]:
+    """A before-validator for ``"a, b,,c"``: each non-empty item, stripped, through ``parse``;
+    the first bad item raises ``'item' is not <what>``. Non-strings (defaults) pass through."""
+    item = parsed(parse, what)
+
+    def validate(value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        return [item(part) for part in value.split(",") if part.strip()]
+
+    return validate
+
+
+def _network(text: str) -> IPNetwork:
+    return ip_network(text, strict=False)  # vpn2 accepts host bits (net.ParseCIDR drops them)
 
 
 def _optional_network(value: object) -> object:
     if isinstance(value, str) and not value.strip():
         return None
-    return _network(value)
+    return _parse_network(value)
 
 
-NetworkList = Annotated[list[IPNetwork], NoDecode, BeforeValidator(_network_list)]
+_parse_network = parsed(_network, "an IP network in CIDR notation")
+
+IPAddressValue = Annotated[IPAddress, BeforeValidator(parsed(ip_address, "an IP address"))]
 OptionalNetwork = Annotated[IPNetwork | None, BeforeValidator(_optional_network)]
-CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_comma)]
+NetworkList = Annotated[
+    list[IPNetwork], NoDecode, BeforeValidator(comma_list(_network, "an IP network in CIDR notation"))
+]
+IPAddressList = Annotated[list[IPAddress], NoDecode, BeforeValidator(comma_list(ip_address, "an IP address"))]
+IPv6AddressList = Annotated[list[IPv6Address], NoDecode, BeforeValidator(comma_list(IPv6Address, "an IPv6 address"))]
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(comma_list(str, "a string"))]
+
+# --- settings and their errors -------------------------------------------------------
 
 
 class EnvSettings(BaseSettings):
@@ -87,4 +150,4 @@ def load_or_exit(factory: Callable[[], S], program: str) -> S:
 
 def config_error(program: str, message: str) -> NoReturn:
     print(f"{program}: invalid configuration: {message}", file=sys.stderr)
-    sys.exit(EXIT_CONFIG)
+    sys.exit(ExitCode.CONFIG)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from daemonkit.lifecycle import StartupError
+
 LOG = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 8192
@@ -37,9 +39,13 @@ class HttpServer:
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._handle, self.host, self.port, reuse_address=True, limit=MAX_REQUEST_BYTES
-        )
+        """Listen; StartupError (one line for the operator) when the port cannot be had."""
+        try:
+            self._server = await asyncio.start_server(
+                self._handle, self.host, self.port, reuse_address=True, limit=MAX_REQUEST_BYTES
+            )
+        except OSError as exc:
+            raise StartupError(f"cannot serve HTTP on port {self.port}: {exc.strerror or exc}") from None
         sockets = self._server.sockets or []
         if self.port == 0 and sockets:
             self.port = sockets[0].getsockname()[1]

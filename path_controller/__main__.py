@@ -1,15 +1,14 @@
 """``python -m path_controller`` (console script ``path-controller``).
 
 Exit status: 0 after SIGTERM/SIGINT (routes left in place); 1 when the ICMPv6
-socket or the HTTP port cannot be opened (one line says why); 2 on invalid
-configuration (one line names the variable).
+socket or the HTTP port cannot be opened (one line says why) or a loop ended
+(logged with its name); 2 on invalid configuration (one line names the
+variable).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
 
 from pyroute2 import AsyncIPRoute
@@ -17,51 +16,26 @@ from pyroute2 import AsyncIPRoute
 from announcement import load_key
 from daemonkit.config import config_error, load_or_exit
 from daemonkit.http import Endpoints, HttpServer
-from daemonkit.lifecycle import cancel_and_wait, run
+from daemonkit.lifecycle import Daemon, ExitCode, run
 from daemonkit.logs import setup_logging
 from path_controller.config import PathControllerSettings
 from path_controller.controller import PathController, PolicyFactory, our_probing
-from path_controller.sockets import PingSocketUnavailable
 
 PROGRAM = "path-controller"
-LOG = logging.getLogger("path_controller")
 
 
 async def serve(
-    settings: PathControllerSettings, key: bytes | None, stop: asyncio.Event, policy: PolicyFactory = our_probing
-) -> int:
+    settings: PathControllerSettings, key: bytes | None, daemon: Daemon, policy: PolicyFactory = our_probing
+) -> ExitCode:
+    """Probe, route and announce until stopped; routes and tunnels stay as they are for the
+    next instance. ``policy`` lets a benchmark run another probe timing."""
     ipr = AsyncIPRoute()
-    controller = PathController(settings, ipr, key=key, policy=policy)
-    http = HttpServer(
-        Endpoints(controller.registry, controller.heartbeats.check, controller.ready),
-        settings.http_host,
-        settings.http_port,
-    )
-    tasks: list[asyncio.Task] = []
-    try:
-        try:
-            await controller.start()
-            await http.start()
-        except PingSocketUnavailable as exc:
-            print(f"{PROGRAM}: {exc}", file=sys.stderr)
-            return 1
-        except OSError as exc:
-            print(f"{PROGRAM}: cannot listen on HTTP port {settings.http_port}: {exc.strerror}", file=sys.stderr)
-            return 1
-        tasks = [asyncio.create_task(coro) for coro in controller.tasks()]
-        stopping = asyncio.create_task(stop.wait())
-        tasks.append(stopping)
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        failed = [t for t in done if t is not stopping and not t.cancelled() and t.exception() is not None]
-        for task in failed:
-            LOG.error("loop failed", exc_info=task.exception())
-        return 1 if failed else 0
-    finally:
-        # Routes and tunnels stay as they are: the next instance adopts them.
-        await cancel_and_wait(tasks)
-        await http.close()
-        controller.close()
-        ipr.close()
+    daemon.on_close(ipr.close)
+    controller = await daemon.open(PathController(settings, ipr, key=key, policy=policy))
+    endpoints = Endpoints(controller.registry, controller.heartbeats.check, controller.ready)
+    await daemon.open(HttpServer(endpoints, settings.http_host, settings.http_port))
+    daemon.loops(controller.tasks())
+    return await daemon.supervise()
 
 
 def main(
@@ -89,7 +63,7 @@ def main(
         except ValueError as exc:
             config_error(program, f"ANNOUNCE_KEY_FILE: {exc}")
     setup_logging(settings.log_level)
-    return run(lambda stop: serve(settings, key, stop, policy))
+    return run(program, lambda daemon: serve(settings, key, daemon, policy))
 
 
 if __name__ == "__main__":

@@ -1,34 +1,27 @@
-"""Settings of the path-controller: vpn2's variables plus probe, announcement and HTTP knobs."""
+"""Settings of the path-controller: vpn2's variables plus probe, announcement and HTTP knobs.
+
+Durations accept a number of seconds (``0.1``) or Go-style units (``100ms``, ``2s``, ``1m30s``).
+"""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from ipaddress import IPv6Address, ip_network
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BeforeValidator, Field, model_validator
-from pydantic_settings import NoDecode
+from pydantic import Field, model_validator
 
 from bonding.config import VpnNetwork
 from bonding.plan import DEFAULT_VPN_NETWORK, AddressPlan, parse_vpn_network
-from daemonkit.config import EnvSettings, NetworkList, OptionalNetwork
-
-IPAddress = IPv4Address | IPv6Address
-
-
-def _ip(value: object) -> object:
-    if isinstance(value, str):
-        try:
-            return ip_address(value.strip())
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IP address") from None
-    return value
-
-
-def _ip_list(value: object) -> object:
-    if isinstance(value, str):
-        return [_ip(part) for part in value.split(",") if part.strip()]
-    return value
+from daemonkit.config import (
+    Duration,
+    EnvSettings,
+    IPAddress,
+    IPAddressList,
+    IPAddressValue,
+    NetworkList,
+    OptionalNetwork,
+)
 
 
 class PathControllerSettings(EnvSettings):
@@ -39,26 +32,26 @@ class PathControllerSettings(EnvSettings):
     shoot_pod_networks: NetworkList = Field(default_factory=lambda: [ip_network("100.96.0.0/11")])
     shoot_node_networks: NetworkList = Field(default_factory=list)
     seed_pod_network: OptionalNetwork = None
-    pod_ip: Annotated[IPAddress, BeforeValidator(_ip)]
-    pod_ips: Annotated[list[IPAddress], NoDecode, BeforeValidator(_ip_list)] = Field(default_factory=list)
+    pod_ip: IPAddressValue
+    pod_ips: IPAddressList = Field(default_factory=list)
 
     # --- probing ----------------------------------------------------------
-    probe_interval: float = Field(0.1, gt=0, le=10, description="seconds between probes of a healthy target")
-    probe_burst_interval: float = Field(0.015, gt=0, le=10, description="seconds between probes once one is late")
-    probe_dead_interval: float = Field(0.35, gt=0, le=60, description="silence after which a target is down")
+    probe_interval: Duration = Field(0.1, gt=0, le=10, description="seconds between probes of a healthy target")
+    probe_burst_interval: Duration = Field(0.015, gt=0, le=10, description="seconds between probes once one is late")
+    probe_dead_interval: Duration = Field(0.35, gt=0, le=60, description="silence after which a target is down")
     probe_min_lost: int = Field(12, ge=1, le=1000, description="unanswered probes also needed to call it down")
     probe_rise: int = Field(3, ge=1, le=100, description="consecutive answers to call a target up again")
-    probe_late_after: float = Field(0.025, gt=0, le=10, description="a reply overdue by this much starts a burst")
+    probe_late_after: Duration = Field(0.025, gt=0, le=10, description="a reply overdue by this much starts a burst")
     probe_stall_factor: float = Field(4.0, ge=1, le=100, description="after a late answer, silence must last this many times as long")
-    probe_failover_hold: float = Field(1.5, ge=0, le=60, description="no target is called down this long after this node's bond lost or regained a slave or moved (0: off)")
-    probe_stall_memory: float = Field(0.0, ge=0, le=86400, description="seconds a stalling path keeps its longer dead interval (0: off)")
+    probe_failover_hold: Duration = Field(1.5, ge=0, le=60, description="no target is called down this long after this node's bond lost or regained a slave or moved (0: off)")
+    probe_stall_memory: Duration = Field(0.0, ge=0, le=86400, description="seconds a stalling path keeps its longer dead interval (0: off)")
 
     # --- routes -----------------------------------------------------------
     route_protocol: int = Field(118, ge=5, le=255, description="rtm_protocol marking routes this daemon owns")
-    route_resync_interval: float = Field(10.0, gt=0, description="seconds between full route checks")
+    route_resync_interval: Duration = Field(10.0, gt=0, description="seconds between full route checks")
 
     # --- announcements ----------------------------------------------------
-    announce_interval: float = Field(2.0, gt=0, le=60)
+    announce_interval: Duration = Field(2.0, gt=0, le=60)
     announce_port: int = Field(5400, ge=1, le=65535)
     announce_all_pod_ips: bool = Field(False, description="send both pod IPs (hvdp1 form; not readable by vpn2)")
     announce_key_file: Path | None = Field(None, description="shared key: send the authenticated hvdp1 form")

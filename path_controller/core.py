@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv6Address
 
+from daemonkit.backoff import Backoff
 from daemonkit.logs import RateLimiter
 from path_controller.bondwatch import BondWatch, LinkFacts
 from path_controller.probe import Health, Transition
@@ -200,7 +201,7 @@ class PathCore:
         self.routes_wanted = False  # a read (and maybe a write) is needed
         self.route_work: ReadRoutes | WriteRoutes | None = None  # in flight with the runner
         self.retry_at = float("-inf")
-        self.retry_delay = config.retry_min
+        self.backoff = Backoff(config.retry_min, config.retry_max)
         self.resync_at = now + config.route_resync_interval
         self._out: list[Effect] = []
 
@@ -428,7 +429,7 @@ class PathCore:
 
     def _routes_consistent(self, primary: int, oif: int) -> None:
         self.applied_primary, self.applied_oif = primary, oif
-        self.retry_delay = self.config.retry_min
+        self.backoff.reset()
         self.retry_at = float("-inf")
         if not self.routes_ok:
             self.routes_ok = True
@@ -443,8 +444,7 @@ class PathCore:
         self.routes_ok = False
         self.route_problem = problem
         # Keep at it until the whole set points one way.
-        self.retry_at = self.now + self.retry_delay
-        self.retry_delay = min(self.retry_delay * 2, self.config.retry_max)
+        self.retry_at = self.now + self.backoff.next()
         self._want_routes()
 
     # --- output helpers ------------------------------------------------------------

@@ -24,6 +24,8 @@ from ipaddress import IPv6Address
 
 import asyncio_dgram
 
+from daemonkit.lifecycle import StartupError
+
 LOG = logging.getLogger(__name__)
 
 ECHO_REQUEST = 128
@@ -59,7 +61,7 @@ def _drain_errors(stream) -> list[OSError]:
             return errors
 
 
-class PingSocketUnavailable(RuntimeError):
+class PingSocketUnavailable(StartupError):
     """Neither a ping socket nor a raw socket can be opened; the message says why."""
 
 

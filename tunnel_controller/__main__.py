@@ -2,14 +2,13 @@
 
 Exit status: 0 after SIGTERM/SIGINT (tunnels and routes stay in place);
 1 when it cannot start (no usable bond0 address within LISTEN_TIMEOUT, HTTP
-port taken; one line says why); 2 on invalid configuration (one line names
-the variable).
+port taken; one line says why) or when a loop ended (logged with its name);
+2 on invalid configuration (one line names the variable).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 
@@ -17,10 +16,10 @@ from pyroute2 import AsyncIPRoute
 
 from daemonkit.config import load_or_exit
 from daemonkit.http import Endpoints, HttpServer
-from daemonkit.lifecycle import run
+from daemonkit.lifecycle import Daemon, ExitCode, run
 from daemonkit.logs import setup_logging
 from tunnel_controller.config import TunnelSettings
-from tunnel_controller.controller import StartupError, TunnelController
+from tunnel_controller.controller import TunnelController
 from tunnel_controller.metrics import Metrics
 from tunnel_controller.netlink import Kernel
 
@@ -28,30 +27,15 @@ PROGRAM = "tunnel-controller"
 LOG = logging.getLogger("tunnel_controller")
 
 
-async def serve(settings: TunnelSettings, stop: asyncio.Event) -> int:
+async def serve(settings: TunnelSettings, daemon: Daemon) -> ExitCode:
+    daemon.on_close(lambda: LOG.info("stopped; tunnels and routes left in place"))  # the last word
     metrics = Metrics()
     ipr = AsyncIPRoute()
+    daemon.on_close(ipr.close)
     controller = TunnelController(settings, Kernel(ipr, settings.route_protocol), metrics)
-    http = HttpServer(
-        Endpoints(metrics.registry, controller.heartbeats.check, controller.readiness),
-        settings.http_host or None,
-        settings.http_port,
-    )
-    try:
-        try:
-            await http.start()
-        except OSError as exc:
-            raise StartupError(f"cannot serve HTTP on port {settings.http_port}: {exc.strerror or exc}") from None
-        await controller.run(stop)
-        return 0
-    except StartupError as exc:
-        LOG.error("cannot start", extra={"error": str(exc)})
-        print(f"{PROGRAM}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        await http.close()
-        ipr.close()
-        LOG.info("stopped; tunnels and routes left in place")
+    endpoints = Endpoints(metrics.registry, controller.heartbeats.check, controller.readiness)
+    await daemon.open(HttpServer(endpoints, settings.http_host or None, settings.http_port))
+    return await controller.run(daemon)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(settings.log_level)
     shown = settings.model_dump(mode="json")
     LOG.info("config parsed", extra={"config": shown})
-    sys.exit(run(lambda stop: serve(settings, stop)))
+    sys.exit(run(PROGRAM, lambda daemon: serve(settings, daemon)))
 
 
 if __name__ == "__main__":

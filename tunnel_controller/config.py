@@ -6,37 +6,15 @@ Durations accept a number of seconds (``4``, ``0.5``) or Go-style units
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from announcement import load_key
 from bonding.config import VpnNetwork
 from bonding.plan import DEFAULT_VPN_NETWORK, AddressPlan, parse_vpn_network
-from daemonkit.config import EnvSettings
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(value: object) -> object:
-    """Seconds from ``4``, ``0.5``, ``500ms``, ``10m`` or ``1m30s``; other types pass through."""
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(number + unit for number, unit in parts) != text:
-        raise ValueError(f"{value!r} is not a duration (e.g. 4, 500ms, 4s, 10m)")
-    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+from daemonkit.config import Duration, EnvSettings
 
 
 class TunnelSettings(EnvSettings):

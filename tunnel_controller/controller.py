@@ -23,13 +23,14 @@ from ipaddress import IPv6Address
 
 from announcement import ANNOUNCE_PORT, Rejected, decode
 from bonding.links import IFA_F_NODAD
-from daemonkit.lifecycle import Heartbeats, cancel_and_wait
+from daemonkit.lifecycle import Daemon, ExitCode, Heartbeats, StartupError
 from daemonkit.logs import RateLimiter
 from tunnel_controller import listener
 from tunnel_controller.config import TunnelSettings
 from tunnel_controller.limits import SourceRateLimiter
 from tunnel_controller.metrics import Metrics
 from tunnel_controller.netlink import EventWatch, Kernel
+from tunnel_controller.outcomes import PeerEvent, RejectReason, SignalResult
 from tunnel_controller.reconciler import KERNEL_ERRORS, Reconciler
 from tunnel_controller.registry import Outcome, PeerRegistry, PeerRejected
 from tunnel_controller.watchdog import Watchdog
@@ -39,10 +40,6 @@ LOG = logging.getLogger("tunnel_controller")
 IFA_F_DADFAILED = 0x08
 IFA_F_TENTATIVE = 0x40
 LISTEN_RETRY = 0.2
-
-
-class StartupError(RuntimeError):
-    """The daemon cannot start; the message is the one line an operator sees."""
 
 
 class TunnelController:
@@ -142,13 +139,13 @@ class TunnelController:
         try:
             source = IPv6Address(addr[0].partition("%")[0])
         except ValueError:
-            self._reject("foreign-source", addr[0], "not an IPv6 sender")
+            self._reject(RejectReason.FOREIGN_SOURCE, addr[0], "not an IPv6 sender")
             return
         if self.address_plan.seed_client_index(source) is None:
-            self._reject("foreign-source", source, "not in the seed-client range of VPN_NETWORK")
+            self._reject(RejectReason.FOREIGN_SOURCE, source, "not in the seed-client range of VPN_NETWORK")
             return
         if not self.limiter.allow(source, now):
-            self._reject("rate-limited", source, "")
+            self._reject(RejectReason.RATE_LIMITED, source, "")
             return
         try:
             announcement = decode(
@@ -157,7 +154,7 @@ class TunnelController:
             )
             inside = [ip for ip in announcement.pod_ips if ip.version == 6 and ip in self.settings.vpn_network]
             if inside:
-                raise Rejected("bad-address", f"{inside[0]} lies in VPN_NETWORK")
+                raise Rejected(RejectReason.BAD_ADDRESS, f"{inside[0]} lies in VPN_NETWORK")
             seen = self.registry.observe(source, announcement.pod_ips, now, announcement.timestamp_ms)
         except (Rejected, PeerRejected) as exc:
             self._reject(exc.reason, source, exc.detail)
@@ -167,17 +164,17 @@ class TunnelController:
         self.watchdog.record(False, now)  # a success: it can never trip the watchdog
         peer = seen.peer
         if seen.outcome is Outcome.NEW:
-            self.metrics.peer_events.labels("new").inc()
+            self.metrics.peer_events.labels(PeerEvent.NEW).inc()
             LOG.info("new kube-apiserver", extra={"remote": str(source), "device": peer.device,
                                                   "pod_ips": [str(ip) for ip in peer.pod_ips],
                                                   "form": announcement.form})
         elif seen.outcome is Outcome.CHANGED:
-            self.metrics.peer_events.labels("pod-ip-changed").inc()
+            self.metrics.peer_events.labels(PeerEvent.POD_IP_CHANGED).inc()
             LOG.info("pod IP changed", extra={"remote": str(source), "device": peer.device,
                                               "pod_ips": [str(ip) for ip in peer.pod_ips],
                                               "previous": [str(ip) for ip in peer.previous_pod_ips]})
             if seen.flapping:
-                self.metrics.peer_events.labels("pod-ip-flapping").inc()
+                self.metrics.peer_events.labels(PeerEvent.POD_IP_FLAPPING).inc()
                 if (suppressed := self._log_limits.allow(("flap", source))) is not None:
                     LOG.warning(
                         "pod IP alternates: do two kube-apiservers share this bond address?",
@@ -267,10 +264,10 @@ class TunnelController:
             try:
                 await listener.send_management_command(self.settings.management_host, port)
             except (OSError, asyncio.TimeoutError) as exc:
-                self.metrics.watchdog_signals.labels("failed").inc()
+                self.metrics.watchdog_signals.labels(SignalResult.FAILED).inc()
                 LOG.warning("cannot signal OpenVPN", extra={"port": port, "error": str(exc) or type(exc).__name__})
             else:
-                self.metrics.watchdog_signals.labels("ok").inc()
+                self.metrics.watchdog_signals.labels(SignalResult.OK).inc()
                 LOG.info("sent SIGHUP to OpenVPN", extra={"port": port})
 
     # --- run ------------------------------------------------------------------
@@ -278,40 +275,31 @@ class TunnelController:
     def readiness(self) -> tuple[bool, str]:
         return self.registry.readiness()
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Listen, adopt, then serve until ``stop``; kernel state is left as it is."""
-        tasks: list[asyncio.Task] = []
+    async def run(self, daemon: Daemon) -> ExitCode:
+        """Listen, adopt, then serve until stopped (``ExitCode.OK``) or until a loop ends
+        (``FAILED``); kernel state is left as it is."""
+        daemon.on_close(self._stop_listening)
+        # Watch first, so nothing that happens while we adopt goes unseen.
         watch_started = asyncio.Event()
+        daemon.loop("kernel-events", self._watch_loop(watch_started))
         try:
-            # Watch first, so nothing that happens while we adopt goes unseen.
-            tasks.append(asyncio.create_task(self._watch_loop(watch_started), name="kernel-events"))
-            try:
-                await asyncio.wait_for(watch_started.wait(), 5)
-            except asyncio.TimeoutError:
-                raise StartupError("cannot subscribe to rtnetlink events") from None
-            if not await self.listen(stop):
-                return
-            await self.reconciler.adopt()
-            self.heartbeats.register("reconcile", self.settings.resync_interval + 30)
-            self.heartbeats.register("watchdog", 2 * self.settings.watchdog_timeout + 5)
-            await self.reconciler.reconcile()
-            tasks += [
-                asyncio.create_task(self._receive_loop(), name="receive"),
-                asyncio.create_task(self._reconcile_loop(), name="reconcile"),
-                asyncio.create_task(self._watchdog_loop(), name="watchdog"),
-            ]
-            waiter = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            for task in done - {waiter}:
-                raise task.exception() or RuntimeError(f"{task.get_name()} loop ended")
-        finally:
-            await cancel_and_wait(tasks)
-            if late := [task.get_name() for task in tasks if not task.done()]:
-                LOG.warning("tasks still stopping after 0.5 s", extra={"tasks": late})
-            if self.stream is not None:
-                self.stream.close()
-                self.metrics.listening.set(0)
+            await asyncio.wait_for(watch_started.wait(), 5)
+        except asyncio.TimeoutError:
+            raise StartupError("cannot subscribe to rtnetlink events") from None
+        if not await self.listen(daemon.stopping):
+            return ExitCode.OK
+        await self.reconciler.adopt()
+        self.heartbeats.register("reconcile", self.settings.resync_interval + 30)
+        self.heartbeats.register("watchdog", 2 * self.settings.watchdog_timeout + 5)
+        await self.reconciler.reconcile()
+        daemon.loops({"receive": self._receive_loop(), "reconcile": self._reconcile_loop(),
+                      "watchdog": self._watchdog_loop()})
+        return await daemon.supervise()
+
+    def _stop_listening(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.metrics.listening.set(0)
 
 
 def describe_address_flags(flags: int) -> str:

@@ -5,28 +5,14 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from tunnel_controller.outcomes import Operation, PeerEvent, RejectReason, Repaired, SignalResult
+
 PREFIX = "tunnel_controller"
 
-REJECT_REASONS = (
-    # announcement.wire
-    "oversized",
-    "malformed",
-    "bad-address",
-    "unauthenticated",
-    "bad-mac",
-    "source-mismatch",
-    "stale",
-    # ours
-    "foreign-source",
-    "rate-limited",
-    "replayed",
-    "peer-limit",
-)
-FORMS = ("vpn2", "extended", "authenticated")
-PEER_EVENTS = ("new", "pod-ip-changed", "pod-ip-flapping", "expired", "adopted")
-OPERATIONS = ("tunnel_create", "tunnel_replace", "tunnel_adjust", "tunnel_delete", "route_replace", "route_delete")
-FAILED_OPERATIONS = ("tunnel_ensure", "tunnel_delete", "route_replace", "route_delete")
-REPAIRED = ("tunnel", "route")
+FORMS = ("vpn2", "extended", "authenticated")  # announcement.wire's forms
+OPERATIONS = (Operation.TUNNEL_CREATE, Operation.TUNNEL_REPLACE, Operation.TUNNEL_ADJUST, Operation.TUNNEL_DELETE,
+              Operation.ROUTE_REPLACE, Operation.ROUTE_DELETE)
+FAILED_OPERATIONS = (Operation.TUNNEL_ENSURE, Operation.TUNNEL_DELETE, Operation.ROUTE_REPLACE, Operation.ROUTE_DELETE)
 
 
 class Metrics:
@@ -77,17 +63,17 @@ class Metrics:
         self.watchdog_signals = Counter(
             f"{PREFIX}_watchdog_signals", "SIGHUPs sent to OpenVPN management ports, by result", ["result"], registry=r
         )
-        for reason in REJECT_REASONS:
+        for reason in RejectReason:
             self.rejected.labels(reason)
         for form in FORMS:
             self.accepted.labels(form)
-        for event in PEER_EVENTS:
+        for event in PeerEvent:
             self.peer_events.labels(event)
         for op in OPERATIONS:
             self.operations.labels(op)
         for op in FAILED_OPERATIONS:
             self.failures.labels(op)
-        for obj in REPAIRED:
+        for obj in Repaired:
             self.repairs.labels(obj)
-        for result in ("ok", "failed"):
+        for result in SignalResult:
             self.watchdog_signals.labels(result)

@@ -17,6 +17,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from bonding.links import KernelFeatureMissing
 from bonding.plan import SHOOT_TUNNEL_NAME, shoot_tunnel_name
+from daemonkit.backoff import Backoff
 from tunnel_controller.config import TunnelSettings
 from tunnel_controller.desired import (
     DeleteRoute,
@@ -32,12 +33,15 @@ from tunnel_controller.desired import (
 )
 from tunnel_controller.metrics import Metrics
 from tunnel_controller.netlink import Found, Kernel, KernelEvent, LinkDown, LinkGone, RouteGone
+from tunnel_controller.outcomes import Operation, PeerEvent, Repaired
 from tunnel_controller.registry import PeerRegistry, Status
 
 LOG = logging.getLogger("tunnel_controller")
 
 MIN_WAIT = 0.01  # never spin: at least this long between passes
 KERNEL_ERRORS = (NetlinkError, OSError, KernelFeatureMissing)
+# Kernel.ensure_tunnel's outcomes that changed something -> what is counted.
+ENSURED = {"created": Operation.TUNNEL_CREATE, "replaced": Operation.TUNNEL_REPLACE, "adjusted": Operation.TUNNEL_ADJUST}
 
 
 class Reconciler:
@@ -62,7 +66,7 @@ class Reconciler:
         self.wake = asyncio.Event()  # set when a pass is needed now
         self._resync_at = clock() + settings.resync_interval
         self._deleting: set[str] = set()  # devices whose deletion failed: retried, never re-adopted
-        self._delete_failures = 0
+        self._delete_backoff = Backoff(settings.tunnel_retry_min, settings.tunnel_retry_max)
         self._delete_retry_at: float | None = None
         self._contested: set = set()
         self._busy: set = set()  # devices and routes being changed right now: their events are ours
@@ -114,7 +118,7 @@ class Reconciler:
                 routed = routes_by_index.get(tunnel.index, ())
                 pod_ips = tuple(sorted((r.dst.network_address for r in routed), key=lambda ip: (ip.version, ip)))
                 adopted.append(self.registry.adopt(remote, pod_ips, now))
-                self.metrics.peer_events.labels("adopted").inc()
+                self.metrics.peer_events.labels(PeerEvent.ADOPTED).inc()
             view.track(tunnel.name, tunnel.index)
             names[tunnel.index] = tunnel.name
             if tunnel.matches and tunnel.up and tunnel.local == self.local:
@@ -149,10 +153,10 @@ class Reconciler:
         self.metrics.resyncs.inc()
         for name, spec in before.tunnels.items():
             if name not in self.view.tunnels and self._owner(name) is not None:
-                self._repaired("tunnel", name, "missing or changed (found by resync)")
+                self._repaired(Repaired.TUNNEL, name, "missing or changed (found by resync)")
         for dst, entry in before.routes.items():
             if dst not in self.view.routes and self._owner(entry.device) is not None:
-                self._repaired("route", entry.device, f"{dst} missing (found by resync)")
+                self._repaired(Repaired.ROUTE, entry.device, f"{dst} missing (found by resync)")
 
     def _owner(self, device: str):
         """The peer a device belongs to: its name carries the seed-client index."""
@@ -160,7 +164,7 @@ class Reconciler:
             return None
         return self.registry.get(self.address_plan.seed_client(index))
 
-    def _repaired(self, what: str, device: str, detail: str) -> None:
+    def _repaired(self, what: Repaired, device: str, detail: str) -> None:
         self.metrics.repairs.labels(what).inc()
         peer = self._owner(device)
         if peer is not None:
@@ -171,7 +175,7 @@ class Reconciler:
         """One pass: expire, plan, apply, record the state reached."""
         now = self.clock()
         for peer in self.registry.expire(now):
-            self.metrics.peer_events.labels("expired").inc()
+            self.metrics.peer_events.labels(PeerEvent.EXPIRED).inc()
             LOG.info("kube-apiserver expired", extra={"remote": str(peer.remote), "device": peer.device,
                                                       "pod_ips": [str(ip) for ip in peer.pod_ips],
                                                       "adopted": peer.adopted})
@@ -223,7 +227,7 @@ class Reconciler:
                 LOG.info("tunnel ready", extra={"remote": str(remote), "device": device,
                                                 "pod_ips": [str(ip) for ip in peer.pod_ips]})
 
-    def _failed(self, device: str, op: str, exc: BaseException, desired) -> None:
+    def _failed(self, device: str, op: Operation, exc: BaseException, desired) -> None:
         self.metrics.failures.labels(op).inc()
         remote = desired.owners.get(device)
         delay = self.registry.failed(remote, f"{op} failed: {exc}", self.clock()) if remote else 0.0
@@ -235,7 +239,7 @@ class Reconciler:
         try:
             index, outcome = await self.kernel.ensure_tunnel(spec, expect_new=spec.name not in self.view.indexes)
         except KERNEL_ERRORS as exc:
-            self._failed(spec.name, "tunnel_ensure", exc, desired)
+            self._failed(spec.name, Operation.TUNNEL_ENSURE, exc, desired)
             return False
         finally:
             self._busy.discard(spec.name)
@@ -244,8 +248,7 @@ class Reconciler:
         self.view.track(spec.name, index)
         self.view.tunnels[spec.name] = spec
         if outcome != "kept":
-            self.metrics.operations.labels({"created": "tunnel_create", "replaced": "tunnel_replace",
-                                            "adjusted": "tunnel_adjust"}[outcome]).inc()
+            self.metrics.operations.labels(ENSURED[outcome]).inc()
             # Creation is routine (the peer's "new kube-apiserver" and "tunnel ready" say enough);
             # replacing or fixing a device that was there is worth an operator's attention.
             level = logging.DEBUG if outcome == "created" else logging.INFO
@@ -260,12 +263,12 @@ class Reconciler:
         try:
             await self.kernel.replace_route(dst, index)
         except KERNEL_ERRORS as exc:
-            self._failed(device, "route_replace", exc, desired)
+            self._failed(device, Operation.ROUTE_REPLACE, exc, desired)
             return False
         finally:
             self._busy.discard(dst)
         self.view.routes[dst] = RouteEntry(device, self.settings.route_protocol)
-        self.metrics.operations.labels("route_replace").inc()
+        self.metrics.operations.labels(Operation.ROUTE_REPLACE).inc()
         return True
 
     async def _delete_route(self, dst, device: str) -> bool:
@@ -279,13 +282,13 @@ class Reconciler:
         except KERNEL_ERRORS as exc:
             if entry is not None:
                 self.view.routes[dst] = entry
-            self.metrics.failures.labels("route_delete").inc()
-            LOG.warning("kernel operation failed", extra={"op": "route_delete", "device": device,
+            self.metrics.failures.labels(Operation.ROUTE_DELETE).inc()
+            LOG.warning("kernel operation failed", extra={"op": Operation.ROUTE_DELETE, "device": device,
                                                           "dst": str(dst), "error": str(exc)})
             return False
         finally:
             self._busy.discard(dst)
-        self.metrics.operations.labels("route_delete").inc()
+        self.metrics.operations.labels(Operation.ROUTE_DELETE).inc()
         return True
 
     async def _delete_tunnel(self, name: str) -> bool:
@@ -294,24 +297,23 @@ class Reconciler:
             await self.kernel.delete_tunnel(name)
         except KERNEL_ERRORS as exc:
             self._deleting.add(name)
-            self.metrics.failures.labels("tunnel_delete").inc()
-            LOG.warning("kernel operation failed", extra={"op": "tunnel_delete", "device": name, "error": str(exc)})
+            self.metrics.failures.labels(Operation.TUNNEL_DELETE).inc()
+            LOG.warning("kernel operation failed", extra={"op": Operation.TUNNEL_DELETE, "device": name, "error": str(exc)})
             return False
         finally:
             self._busy.discard(name)
         self._deleting.discard(name)
         self.view.forget_tunnel(name)
-        self.metrics.operations.labels("tunnel_delete").inc()
+        self.metrics.operations.labels(Operation.TUNNEL_DELETE).inc()
         LOG.info("tunnel deleted", extra={"device": name})
         return True
 
     def _schedule_delete_retry(self, failed: bool) -> None:
         if not failed:
-            self._delete_failures, self._delete_retry_at = 0, None
+            self._delete_backoff.reset()
+            self._delete_retry_at = None
             return
-        self._delete_failures += 1
-        delay = min(self.settings.tunnel_retry_max, self.settings.tunnel_retry_min * 2 ** (self._delete_failures - 1))
-        self._delete_retry_at = self.clock() + delay
+        self._delete_retry_at = self.clock() + self._delete_backoff.next()
 
     # --- kernel events ----------------------------------------------------------
 
@@ -330,7 +332,7 @@ class Reconciler:
             else:
                 return
             if self._owner(name) is not None:
-                self._repaired("tunnel", name, "deleted" if isinstance(event, LinkGone) else "set down")
+                self._repaired(Repaired.TUNNEL, name, "deleted" if isinstance(event, LinkGone) else "set down")
                 self.wake.set()
         elif isinstance(event, RouteGone):
             entry = self.view.routes.get(event.dst)
@@ -343,7 +345,7 @@ class Reconciler:
                 return
             del self.view.routes[event.dst]
             if self._owner(entry.device) is not None:
-                self._repaired("route", entry.device, f"{event.dst} deleted")
+                self._repaired(Repaired.ROUTE, entry.device, f"{event.dst} deleted")
                 self.wake.set()
 
     def update_gauges(self) -> None:

@@ -9,10 +9,12 @@ expired, and whether the pod is ready (vpn2's ``/readyz`` rules).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
 from bonding.plan import shoot_tunnel_name
+from daemonkit.backoff import Backoff
+from tunnel_controller.outcomes import RejectReason
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -28,7 +30,7 @@ class Outcome(enum.Enum):
 class PeerRejected(Exception):
     """An otherwise valid announcement the registry refuses; ``reason`` is a metric label."""
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: RejectReason, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
@@ -52,8 +54,18 @@ class Peer:
     previous_pod_ips: tuple[IPAddress, ...] = ()
     status: Status = Status.PENDING
     error: str = ""
-    failures: int = 0
+    backoff: Backoff = field(default_factory=lambda: Backoff(1.0, 30.0))
     retry_at: float = 0.0
+
+    @property
+    def failures(self) -> int:
+        """Failed attempts since the last success or change of pod IPs."""
+        return self.backoff.failures
+
+    def start_over(self, status: Status) -> None:
+        """A fresh start: ``status``, no error, no backoff."""
+        self.status, self.error, self.retry_at = status, "", 0.0
+        self.backoff.reset()
 
     def held(self, now: float) -> bool:
         """In backoff after a failure: leave its kernel objects alone until retry_at."""
@@ -92,21 +104,19 @@ class PeerRegistry:
         peer = self.peers.get(remote)
         if peer is not None and timestamp_ms is not None and peer.last_timestamp_ms is not None:
             if timestamp_ms <= peer.last_timestamp_ms:
-                raise PeerRejected("replayed", f"timestamp {timestamp_ms} not after {peer.last_timestamp_ms}")
+                raise PeerRejected(RejectReason.REPLAYED, f"timestamp {timestamp_ms} not after {peer.last_timestamp_ms}")
         flapping = False
         if peer is None:
             if len(self.peers) >= self.max_peers:
-                raise PeerRejected("peer-limit", f"{len(self.peers)} peers known (MAX_PEERS)")
-            peer = Peer(remote, shoot_tunnel_name(remote), tuple(pod_ips), now, now)
-            self.peers[remote] = peer
+                raise PeerRejected(RejectReason.PEER_LIMIT, f"{len(self.peers)} peers known (MAX_PEERS)")
+            peer = self._new_peer(remote, pod_ips, now)
             outcome = Outcome.NEW
         elif set(pod_ips) != set(peer.pod_ips):
             flapping = set(pod_ips) == set(peer.previous_pod_ips) and now - peer.claimed_at < FLAP_WINDOW
             peer.previous_pod_ips = peer.pod_ips
             peer.pod_ips = tuple(pod_ips)
             peer.claimed_at = now
-            # A new payload is worth trying at once, backoff or not (as vpn2).
-            peer.status, peer.error, peer.failures, peer.retry_at = Status.PENDING, "", 0, 0.0
+            peer.start_over(Status.PENDING)  # a new payload is worth trying at once, backoff or not (as vpn2)
             outcome = Outcome.CHANGED
         else:
             outcome = Outcome.REFRESHED
@@ -118,7 +128,13 @@ class PeerRegistry:
 
     def adopt(self, remote: IPv6Address, pod_ips: tuple[IPAddress, ...], now: float) -> Peer:
         """A tunnel found in the kernel at start: a peer that expires unless it announces."""
-        peer = Peer(remote, shoot_tunnel_name(remote), tuple(pod_ips), now, now, adopted=True)
+        peer = self._new_peer(remote, pod_ips, now)
+        peer.adopted = True
+        return peer
+
+    def _new_peer(self, remote: IPv6Address, pod_ips: tuple[IPAddress, ...], now: float) -> Peer:
+        backoff = Backoff(self.retry_min, self.retry_max)
+        peer = Peer(remote, shoot_tunnel_name(remote), tuple(pod_ips), now, now, backoff=backoff)
         self.peers[remote] = peer
         return peer
 
@@ -142,7 +158,7 @@ class PeerRegistry:
     def succeeded(self, remote: IPv6Address) -> None:
         peer = self.peers.get(remote)
         if peer is not None:
-            peer.status, peer.error, peer.failures, peer.retry_at = Status.READY, "", 0, 0.0
+            peer.start_over(Status.READY)
 
     def unsettled(self, remote: IPv6Address) -> None:
         """Its kernel objects are not confirmed (e.g. removed behind our back)."""
@@ -155,8 +171,7 @@ class PeerRegistry:
         peer = self.peers.get(remote)
         if peer is None:
             return 0.0
-        peer.failures += 1
-        delay = min(self.retry_max, self.retry_min * 2 ** (peer.failures - 1))
+        delay = peer.backoff.next()
         peer.status, peer.error, peer.retry_at = Status.FAILED, error, now + delay
         return delay
 

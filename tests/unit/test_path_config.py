@@ -33,6 +33,10 @@ def run(**env):
         ({"POD_IP": "10.0.0.1", "POD_IPS": "10.0.0.1,10.0.0.2"}, "POD_IPS: at most one IPv4 and one IPv6 address"),
         ({"POD_IP": "10.0.0.1", "POD_IPS": "10.0.0.2,fd00::2"}, "POD_IPS: does not contain POD_IP 10.0.0.1"),
         ({"POD_IP": "10.0.0.1", "PROBE_INTERVAL": "0"}, "PROBE_INTERVAL: Input should be greater than 0"),
+        ({"POD_IP": "10.0.0.1", "PROBE_INTERVAL": "20s"}, "PROBE_INTERVAL: Input should be less than or equal to 10"),
+        ({"POD_IP": "10.0.0.1", "PROBE_DEAD_INTERVAL": "350 ms"},
+         "PROBE_DEAD_INTERVAL: '350 ms' is not a duration (e.g. 4, 500ms, 4s, 10m)"),
+        ({"POD_IP": "10.0.0.1", "POD_IPS": "10.0.0.1, fd00::x"}, "POD_IPS: 'fd00::x' is not an IP address"),
         ({"POD_IP": "10.0.0.1", "PROBE_BURST_INTERVAL": "0.5"}, "PROBE_BURST_INTERVAL: must not be longer than PROBE_INTERVAL"),
         ({"POD_IP": "10.0.0.1", "ANNOUNCE_KEY_FILE": "/nonexistent/key"},
          "ANNOUNCE_KEY_FILE: cannot read key file /nonexistent/key: No such file or directory"),
@@ -61,6 +65,15 @@ def test_defaults_are_vpn2s(monkeypatch):
     assert settings.seed_pod_network is None
     assert [str(t) for t in settings.targets] == ["fd8f:6d53:b97a:1::b:0", "fd8f:6d53:b97a:1::b:1"]
     assert (settings.announce_port, settings.announce_interval, settings.http_port) == (5400, 2.0, 8080)
+
+
+def test_durations_take_go_units(monkeypatch):
+    env = {"POD_IP": "10.96.3.17", "PROBE_INTERVAL": "200ms", "PROBE_DEAD_INTERVAL": "1s",
+           "ROUTE_RESYNC_INTERVAL": "1m30s"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = PathControllerSettings()
+    assert (settings.probe_interval, settings.probe_dead_interval, settings.route_resync_interval) == (0.2, 1.0, 90.0)
 
 
 def test_pod_ips_order(monkeypatch):

@@ -217,6 +217,33 @@ async def test_expiry_deletes_the_tunnel():
     assert ctl.metrics.peer_events.labels("expired")._value.get() == 1
 
 
+async def test_failed_delete_is_retried_with_backoff():
+    ctl, kernel, clock = controller(peer_expiry=60.0, tunnel_retry_min=2.0, tunnel_retry_max=5.0,
+                                    resync_interval=3600.0)
+    send(ctl, A, "10.96.0.1")
+    await ctl.reconciler.reconcile()
+    kernel.log.clear()
+    kernel.fail = {"delete"}
+    clock.now += 60
+    delays = []
+    for _ in range(4):
+        await ctl.reconciler.reconcile()
+        delays.append(ctl.reconciler.next_pass_in(clock.now))
+        clock.now += delays[-1]
+    assert delays == pytest.approx([2.0, 4.0, 5.0, 5.0]), "doubling from TUNNEL_RETRY_MIN, capped at the max"
+    assert kernel.log == [] and TA in kernel.tunnels
+    kernel.fail = set()
+    await ctl.reconciler.reconcile()
+    assert kernel.log == [f"link del {TA}"]
+    # The next failure starts over at TUNNEL_RETRY_MIN.
+    send(ctl, B, "10.96.0.2")
+    await ctl.reconciler.reconcile()
+    kernel.fail = {"delete"}
+    clock.now += 60
+    await ctl.reconciler.reconcile()
+    assert ctl.reconciler.next_pass_in(clock.now) == pytest.approx(2.0)
+
+
 async def test_adoption_keeps_what_matches_and_leftovers_expire():
     ctl, kernel, clock = controller(peer_expiry=60.0)
     kernel.tunnels = {TA: (7, TunnelSpec(TA, LOCAL, A), True), TB: (8, TunnelSpec(TB, LOCAL, B), True)}
