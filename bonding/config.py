@@ -25,24 +25,43 @@ VpnNetwork = Annotated[IPv6Network, BeforeValidator(_vpn_network)]
 
 
 class BondingSettings(EnvSettings):
-    is_shoot_client: bool = Field(False, description="true in vpn-shoot pods, false in kube-apiserver pods")
-    pod_name: str = Field("", description="vpn-shoot-<j> on the shoot side; hashed into the seed-client index")
-    ha_vpn_servers: int = Field(2, ge=1, le=16, description="number of OpenVPN servers = taps")
-    ha_vpn_clients: int = Field(2, ge=1, le=256, description="number of vpn-shoot pods")
-    vpn_network: VpnNetwork = Field(parse_vpn_network(DEFAULT_VPN_NETWORK), description="IPv6 /96")
-    bonding_mode: Literal["active-backup", "balance-rr"] = "active-backup"
+    is_shoot_client: bool = Field(False, description="`true` in vpn-shoot pods, `false` in kube-apiserver pods")
+    pod_name: str = Field(
+        "",
+        description="vpn-shoot: `vpn-shoot-<j>` gives index j; seed: hashed into the seed-client index",
+    )
+    ha_vpn_servers: int = Field(2, ge=1, le=16, description="OpenVPN servers = taps `tap0`…")
+    ha_vpn_clients: int = Field(2, ge=1, le=256, description="vpn-shoot pods = seed-side tunnels `bond0-ip6tnl0`…")
+    vpn_network: VpnNetwork = Field(parse_vpn_network(DEFAULT_VPN_NETWORK), description="must be an IPv6 /96")
+    bonding_mode: Literal["active-backup", "balance-rr"] = Field("active-backup", description="mode of `bond0`")
     seed_client_index: int | None = Field(
-        None, ge=1, le=0xFFFF, description="seed side: explicit bond address index instead of the POD_NAME hash"
+        None, ge=1, le=0xFFFF, description="seed side: explicit bond address index instead of the `POD_NAME` hash"
     )
     # Opt-in monitor for failures carrier sensing cannot see (gardener #13649).
-    bond_monitor: Literal["carrier", "ns"] = "carrier"
-    bond_ns_interval_ms: int = Field(200, ge=10, le=10_000, description="arp_interval for the NS monitor")
-    bond_ns_missed_max: int = Field(5, ge=1, le=255, description="arp_missed_max for the NS monitor")
-    bond_ns_validate: Literal["none", "active", "backup", "all"] = "none"
-    bond_ns_targets: IPv6AddressList = Field(
-        default_factory=list, description="ns_ip6_target; default: the bond addresses of the other peers known at setup"
+    bond_monitor: Literal["carrier", "ns"] = Field(
+        "carrier",
+        description="`carrier`: carrier sensing (`miimon 100`); `ns`: the bond's IPv6 neighbour-solicitation monitor",
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    bond_ns_interval_ms: int = Field(
+        200, ge=10, le=10_000,
+        description="`arp_interval` of the NS monitor, in milliseconds",
+    )
+    bond_ns_missed_max: int = Field(
+        5, ge=1, le=255,
+        description="`arp_missed_max` of the NS monitor: intervals missed before a slave is down",
+    )
+    bond_ns_validate: Literal["none", "active", "backup", "all"] = Field(
+        "none",
+        description="`arp_validate` of the NS monitor: `none` counts any frame, `active`/`all` only targets' answers",
+    )
+    bond_ns_targets: IPv6AddressList = Field(
+        default_factory=list,
+        description="`ns_ip6_target`s of the NS monitor (comma list, ≤ 16); default: every vpn-shoot's but one's own",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info",
+        description="JSON lines on stderr from this level up",
+    )
 
     @field_validator("bond_ns_targets")
     @classmethod
