@@ -12,13 +12,12 @@ import asyncio
 import logging
 import sys
 
-from pyroute2 import AsyncIPRoute
-
 from announcement import load_key
 from daemonkit.config import config_error, load_or_exit
 from daemonkit.http import Endpoints, HttpServer
 from daemonkit.lifecycle import cancel_and_wait, run
 from daemonkit.logs import setup_logging
+from netlink_adapter import AsyncIPRoute
 from path_controller.config import PathControllerSettings
 from path_controller.controller import PathController
 from path_controller.sockets import PingSocketUnavailable

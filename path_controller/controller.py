@@ -13,17 +13,19 @@ import logging
 import time
 from collections import Counter as Tally
 from collections.abc import Mapping
-from ipaddress import IPv6Address, ip_network
+from ipaddress import IPv6Address
 
 from prometheus_client import CollectorRegistry
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from announcement import encode
-from bonding import links
 from bonding.plan import BOND_DEVICE, seed_tunnel_name
 from daemonkit.lifecycle import Heartbeats
 from daemonkit.logs import RateLimiter
+from netlink_adapter.errors import KernelFeatureMissing
+from netlink_adapter.events import LinkEvent, RouteEvent
+from netlink_adapter.ip6tnl import ensure_ip6tnl
 from path_controller.config import PathControllerSettings
 from path_controller.metrics import PathMetrics
 from path_controller.bondwatch import BondWatch, LinkFacts
@@ -311,7 +313,7 @@ class PathController:
         local = await self.kernel.bond_address()
         if local is None:
             raise LookupError("bond0 has no address")
-        index, outcome = await links.ensure_ip6tnl(
+        index, outcome = await ensure_ip6tnl(
             self.kernel.ipr, seed_tunnel_name(primary), local, self.targets[primary]
         )
         if outcome != "kept":
@@ -323,7 +325,7 @@ class PathController:
         try:
             oif = await self._primary_tunnel(primary)
             present = await self.kernel.routes(self.route_plan.networks)
-        except (NetlinkError, OSError, LookupError, links.KernelFeatureMissing) as exc:
+        except (NetlinkError, OSError, LookupError, KernelFeatureMissing) as exc:
             return self._route_failure(f"cannot set up the primary's tunnel or read routes: {exc}")
         changes = route_changes(self.route_plan.networks, oif, self.settings.route_protocol, present)
         failed = []
@@ -399,20 +401,15 @@ class PathController:
             )
 
     def _concerns_us(self, msg) -> bool:
-        event = msg.get("event")
-        if event in ("RTM_NEWLINK", "RTM_DELLINK"):
-            name = msg.get("IFLA_IFNAME") or ""
-            return name.startswith("bond0")
-        if event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
-            dst = msg.get("RTA_DST")
-            if dst is None:
-                return False
-            network = ip_network(f"{dst}/{msg['dst_len']}", strict=False)
-            if network not in self.route_plan.networks:
+        if isinstance(msg, LinkEvent):
+            return msg.link.name.startswith("bond0")
+        if isinstance(msg, RouteEvent):
+            route = msg.route
+            if route.dst not in self.route_plan.networks:
                 return False
             # Our own replace echoes back as NEWROUTE with our mark and device: nothing to do.
-            ours = msg["proto"] == self.settings.route_protocol and msg.get("RTA_OIF") == self.applied_oif
-            return not (event == "RTM_NEWROUTE" and ours and self.routes_ok)
+            ours = route.proto == self.settings.route_protocol and route.oif == self.applied_oif
+            return not (not msg.deleted and ours and self.routes_ok)
         return False
 
     # --- announcements ----------------------------------------------------

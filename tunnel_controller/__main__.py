@@ -13,12 +13,11 @@ import asyncio
 import logging
 import sys
 
-from pyroute2 import AsyncIPRoute
-
 from daemonkit.config import load_or_exit
 from daemonkit.http import Endpoints, HttpServer
 from daemonkit.lifecycle import run
 from daemonkit.logs import setup_logging
+from netlink_adapter import AsyncIPRoute
 from tunnel_controller.config import TunnelSettings
 from tunnel_controller.controller import StartupError, TunnelController
 from tunnel_controller.metrics import Metrics
