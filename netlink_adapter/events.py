@@ -25,6 +25,7 @@ from netlink_adapter.headers import Header, RouteHeader, nlmsg_header, parse_hea
 from netlink_adapter.links import LinkFacts, link_facts
 from netlink_adapter.routes import RTM_F_CLONED, RouteFacts, route_facts
 
+DEFAULT_RCVBUF = 1 << 20  # pyroute2's default
 _LINK_EVENTS = {"RTM_NEWLINK": False, "RTM_DELLINK": True}  # event -> deleted
 _ROUTE_EVENTS = {"RTM_NEWROUTE": False, "RTM_DELROUTE": True}
 
@@ -53,7 +54,8 @@ class EventStream:
 
     ``wanted(header)`` decides from the fixed header alone whether a link or
     route message is worth decoding. ``links`` / ``ipv4_routes`` /
-    ``ipv6_routes`` choose the multicast groups; ``netns`` another namespace.
+    ``ipv6_routes`` choose the multicast groups; ``netns`` another namespace;
+    ``rcvbuf`` the socket's receive buffer (what may queue up unread).
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class EventStream:
         ipv4_routes: bool = True,
         ipv6_routes: bool = True,
         netns: str | None = None,
+        rcvbuf: int = DEFAULT_RCVBUF,
     ):
         self.wanted = wanted
         self.groups = (
@@ -72,11 +75,12 @@ class EventStream:
             | (RTMGRP_IPV6_ROUTE if ipv6_routes else 0)
         )
         self.netns = netns
+        self.rcvbuf = rcvbuf
         self.ipr: AsyncIPRoute | None = None
 
     async def start(self) -> None:
         """Subscribe; events from here on are delivered."""
-        self.ipr = AsyncIPRoute(**({"netns": self.netns} if self.netns else {}))
+        self.ipr = AsyncIPRoute(rcvbuf=self.rcvbuf, **({"netns": self.netns} if self.netns else {}))
         try:
             await self.ipr.bind(groups=self.groups)
         except NetlinkError as exc:
@@ -85,20 +89,8 @@ class EventStream:
         except BaseException:
             self.close()
             raise
-        full_parse = self.ipr.marshal.parse_one_message
-
-        def prefilter(data: bytes, offset: int, length: int):
-            header = nlmsg_header(data, offset)
-            fixed = parse_header(header.type, data, offset)
-            if fixed is not None:
-                if isinstance(fixed, RouteHeader) and fixed.flags & RTM_F_CLONED:
-                    return None
-                if not self.wanted(fixed):
-                    return None
-            return full_parse(header.type, header.flags, header.sequence, data, offset, length)
-
         # Broadcasts carry sequence number 0; pyroute2 consults seq_map before its default parser.
-        self.ipr.marshal.seq_map[0] = prefilter
+        self.ipr.marshal.seq_map[0] = prefilter(self.wanted, self.ipr.marshal.parse_one_message)
 
     async def events(self) -> AsyncIterator[Event]:
         """Until ``close``; raises ``EventsLost`` on overflow, another ``KERNEL_ERRORS`` on failure."""
@@ -126,6 +118,23 @@ class EventStream:
         if self.ipr is not None:
             self.ipr.close()
             self.ipr = None
+
+
+def prefilter(wanted: Callable[[Header], bool], full_parse):
+    """A pyroute2 parser hook: None (skipped) for link and route messages ``wanted`` rejects
+    and for cached route exceptions, ``full_parse`` for everything else (errors included)."""
+
+    def parse(data: bytes, offset: int, length: int):
+        header = nlmsg_header(data, offset)
+        fixed = parse_header(header.type, data, offset)
+        if fixed is not None:
+            if isinstance(fixed, RouteHeader) and fixed.flags & RTM_F_CLONED:
+                return None
+            if not wanted(fixed):
+                return None
+        return full_parse(header.type, header.flags, header.sequence, data, offset, length)
+
+    return parse
 
 
 def typed_event(msg) -> Event | None:

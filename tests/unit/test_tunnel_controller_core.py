@@ -3,20 +3,24 @@ datagrams in, kernel operations out, readiness and metrics."""
 
 import errno
 from ipaddress import IPv6Address, ip_network
+from socket import AF_INET, AF_INET6
 
 import pytest
+from pyroute2.arp import ARPHRD_ETHER
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 
 from announcement import encode
 from bonding.plan import AddressPlan
 from netlink_adapter.errors import KernelError
 from netlink_adapter.events import LinkEvent, RouteEvent
+from netlink_adapter.headers import LinkHeader, RouteHeader
 from netlink_adapter.ip6tnl import ARPHRD_TUNNEL6
 from netlink_adapter.links import Ensured, LinkFacts
 from netlink_adapter.routes import RT_TABLE_MAIN, RTN_UNICAST, RouteFacts
 from tunnel_controller.config import TunnelSettings
 from tunnel_controller.controller import TunnelController
 from tunnel_controller.desired import TunnelSpec
-from tunnel_controller.netlink import Found, FoundRoute, FoundTunnel
+from tunnel_controller.netlink import Found, FoundRoute, FoundTunnel, may_break_tunnels
 
 PLAN = AddressPlan.from_text()
 LOCAL = PLAN.shoot_client(0)
@@ -311,3 +315,25 @@ async def test_resync_catches_what_events_missed():
     assert ctl.metrics.repairs.labels("tunnel")._value.get() == 1
     assert ctl.registry.get(B).adopted, "adopted like at start: it expires unless announced"
     assert ctl.metrics.resyncs._value.get() == 1
+
+
+def test_only_events_that_can_break_tunnels_are_decoded():
+    wanted = may_break_tunnels(watched={7}.__contains__)
+
+    def link(deleted: bool, index: int = 7, up: bool = False, device_type: int = ARPHRD_TUNNEL6) -> LinkHeader:
+        return LinkHeader(deleted, 0, device_type, index, IFF_UP if up else 0)
+
+    def route(deleted: bool = True, family=AF_INET, dst_len=32, table=RT_TABLE_MAIN, kind=RTN_UNICAST) -> RouteHeader:
+        return RouteHeader(deleted, family, dst_len, table, 119, 0, kind, 0)
+
+    assert wanted(link(deleted=True, index=99)), "any ip6tnl deleted: the view knows which are ours"
+    assert wanted(link(deleted=False)), "ours set down"
+    assert not wanted(link(deleted=False, index=99)), "someone else's set down"
+    assert not wanted(link(deleted=False, up=True)), "ours changed, still up"
+    assert not wanted(link(deleted=True, device_type=ARPHRD_ETHER)), "not a tunnel"
+    assert wanted(route()) and wanted(route(family=AF_INET6, dst_len=128))
+    assert not wanted(route(deleted=False)), "additions need no repair"
+    assert not wanted(route(family=AF_INET6, dst_len=32)), "no host route"
+    assert not wanted(route(dst_len=24))
+    assert not wanted(route(table=255)), "the local table"
+    assert not wanted(route(kind=RTN_UNICAST + 1))
