@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE, RTMGRP_LINK
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from netlink_adapter.errors import event_socket_error, raise_domain_error
 from netlink_adapter.headers import Header, RouteHeader, nlmsg_header, parse_header
@@ -89,8 +90,9 @@ class EventStream:
         except BaseException:
             self.close()
             raise
-        # Broadcasts carry sequence number 0; pyroute2 consults seq_map before its default parser.
-        self.ipr.marshal.seq_map[0] = prefilter(self.wanted, self.ipr.marshal.parse_one_message)
+        marshal = PrefilteringMarshal()
+        marshal.hook = prefilter(self.wanted, marshal.parse_one_message)
+        self.ipr.set_marshal(marshal)
 
     async def events(self) -> AsyncIterator[Event]:
         """Until ``close``; raises ``EventsLost`` on overflow, another ``KERNEL_ERRORS`` on failure."""
@@ -118,6 +120,20 @@ class EventStream:
         if self.ipr is not None:
             self.ipr.close()
             self.ipr = None
+
+
+class PrefilteringMarshal(MarshalRtnl):
+    """pyroute2's rtnetlink marshal with one parser hook for every message.
+
+    Not ``seq_map[0]``: a notification carries the sequence number of the
+    request that caused it (``ip``'s, a daemon's own), 0 only for what the
+    kernel changes by itself; this socket sends no requests of its own.
+    """
+
+    hook = None
+
+    def get_parser(self, key, flags, sequence_number):
+        return self.hook
 
 
 def prefilter(wanted: Callable[[Header], bool], full_parse):

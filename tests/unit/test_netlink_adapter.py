@@ -28,7 +28,7 @@ from netlink_adapter.errors import (
     event_socket_error,
     translated,
 )
-from netlink_adapter.events import LinkEvent, RouteEvent, everything, prefilter, typed_event
+from netlink_adapter.events import LinkEvent, RouteEvent, PrefilteringMarshal, everything, prefilter, typed_event
 from netlink_adapter.headers import LinkHeader, RouteHeader, nlmsg_header, parse_header
 from netlink_adapter.ip6tnl import ARPHRD_TUNNEL6
 from netlink_adapter.links import Ensured, LinkFacts, link_facts
@@ -106,9 +106,10 @@ def test_ensure_outcomes():
 
 
 def route_message(kind=RTM_DELROUTE, family=AF_INET, dst="10.96.0.1", dst_len=32, table=RT_TABLE_MAIN,
-                  proto=119, oif=7, flags=0) -> bytes:
+                  proto=119, oif=7, flags=0, sequence=0) -> bytes:
     msg = rtmsg()
     msg["header"]["type"] = kind
+    msg["header"]["sequence_number"] = sequence
     msg.update(family=family, dst_len=dst_len, table=table, proto=proto, type=RTN_UNICAST, flags=flags)
     msg["attrs"] = [("RTA_TABLE", table), ("RTA_OIF", oif)] + ([("RTA_DST", dst)] if dst else [])
     msg.encode()
@@ -147,6 +148,15 @@ def test_prefilter_decodes_only_what_is_wanted():
     assert run(link_message()) is None
     assert run(route_message(RTM_DELROUTE, flags=RTM_F_CLONED)) is None, "a cached exception is no route"
     assert prefilter(everything, MarshalRtnl().parse_one_message)(link_message(), 0, 0) is not None
+
+
+def test_the_prefilter_sees_notifications_of_every_sequence_number():
+    """A notification carries the sequence number of the request that caused it."""
+    marshal = PrefilteringMarshal()
+    marshal.hook = prefilter(lambda header: header.deleted, marshal.parse_one_message)
+    for sequence in (0, 1234):
+        data = route_message(RTM_NEWROUTE, sequence=sequence) + route_message(RTM_DELROUTE, sequence=sequence)
+        assert [msg["event"] for msg in marshal.parse(data)] == ["RTM_DELROUTE"]
 
 
 def parsed(data: bytes):
