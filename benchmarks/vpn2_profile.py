@@ -21,10 +21,10 @@ from daemonkit.config import load_or_exit
 from daemonkit.http import Endpoints, HttpServer
 from daemonkit.lifecycle import cancel_and_wait, run
 from daemonkit.logs import setup_logging
+from netlink_adapter import AsyncIPRoute
 from path_controller.config import PathControllerSettings
 from path_controller.controller import PathController
 from path_controller.probe import Health
-from pyroute2 import AsyncIPRoute
 
 TICK = 2.0
 TIMEOUT = 1.0

@@ -15,7 +15,7 @@ from pyroute2.netlink.rtnl.ifaddrmsg import (
 )
 from pyroute2.netlink.rtnl.rtmsg import RT_SCOPE_UNIVERSE
 
-from netlink_adapter.errors import translated
+from netlink_adapter.errors import deleted, translated
 
 # Flags of an address the kernel does not use (yet): bound sockets would fail.
 IFA_F_NOT_USABLE = IFA_F_TENTATIVE | IFA_F_DADFAILED
@@ -54,7 +54,8 @@ async def ensure_only_address(ipr: AsyncIPRoute, index: int, wanted: IPv6Interfa
         if iface == wanted and flags & IFA_F_NODAD:
             present = True
             continue
-        await ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        # Gone already (EADDRNOTAVAIL) is as good as deleted.
+        await deleted(ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen))
         changed = True
     if not present:
         await ipr.addr(

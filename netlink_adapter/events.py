@@ -82,6 +82,9 @@ class EventStream:
     async def start(self) -> None:
         """Subscribe; events from here on are delivered."""
         self.ipr = AsyncIPRoute(rcvbuf=self.rcvbuf, **({"netns": self.netns} if self.netns else {}))
+        marshal = PrefilteringMarshal()
+        marshal.hook = prefilter(self.wanted, marshal.parse_one_message)
+        self.ipr.set_marshal(marshal)
         try:
             await self.ipr.bind(groups=self.groups)
         except NetlinkError as exc:
@@ -90,9 +93,6 @@ class EventStream:
         except BaseException:
             self.close()
             raise
-        marshal = PrefilteringMarshal()
-        marshal.hook = prefilter(self.wanted, marshal.parse_one_message)
-        self.ipr.set_marshal(marshal)
 
     async def events(self) -> AsyncIterator[Event]:
         """Until ``close``; raises ``EventsLost`` on overflow, another ``KERNEL_ERRORS`` on failure."""
