@@ -11,8 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from pyroute2 import AsyncIPRoute
-
+from netlink_adapter import AsyncIPRoute
 from tests.netns import nsutil
 
 RESULTS = nsutil.REPO / "results"

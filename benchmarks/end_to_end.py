@@ -172,11 +172,7 @@ async def server_killed(bench: Bench, runs: int) -> ServerRuns:
 
 async def active_server(topo: HaTopology) -> int:
     """The server the first apiserver's bond currently uses."""
-    ipr = await topo.ipr_factory(topo.apiservers[0].ns)
-    (bond,) = await ipr.link("get", ifname="bond0")
-    active = bond.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA").get("IFLA_BOND_ACTIVE_SLAVE")
-    (tap,) = await ipr.link("get", index=active)
-    return int(tap.get("IFLA_IFNAME")[-1])
+    return int((await topo.active_tap(topo.apiservers[0]))[-1])
 
 
 async def server_blackholed(bench: Bench, runs: int, monitor: dict[str, str]) -> tuple[list[float], dict[str, float]]:

@@ -21,10 +21,8 @@ import socket
 import time
 from ipaddress import ip_network
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE
-
 from benchmarks.common import Namespaces, cpu_seconds, environment, rss_mib, summary, write_result
+from netlink_adapter.events import EventStream
 from tests.netns import nsutil
 from tests.netns.topology import BondLab
 
@@ -52,22 +50,18 @@ class RouteWatch:
         self.ns = ns
         self.oif: dict = {}
         self.changed = asyncio.Event()
-        self.ipr = AsyncIPRoute(netns=ns)
+        self.stream = EventStream(links=False, netns=ns)
         self.task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        await self.ipr.bind(groups=RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
+        await self.stream.start()
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        while True:
-            async for msg in self.ipr.get():
-                if msg.get("event") not in ("RTM_NEWROUTE", "RTM_DELROUTE") or msg.get("RTA_DST") is None:
-                    continue
-                network = ip_network(f"{msg.get('RTA_DST')}/{msg['dst_len']}")
-                if network in ROUTED:
-                    self.oif[network] = msg.get("RTA_OIF") if msg["event"] == "RTM_NEWROUTE" else None
-                    self.changed.set()
+        async for event in self.stream:
+            if event.route.dst in ROUTED:
+                self.oif[event.route.dst] = None if event.deleted else event.route.oif
+                self.changed.set()
 
     async def wait_all(self, oif: int, timeout: float) -> float:
         """Monotonic time at which every shoot route pointed at ``oif``."""
@@ -86,7 +80,7 @@ class RouteWatch:
     def close(self) -> None:
         if self.task:
             self.task.cancel()
-        self.ipr.close()
+        self.stream.close()
 
 
 async def current_primary(ns: str) -> int:

@@ -40,15 +40,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pyroute2 import AsyncIPRoute  # noqa: E402
-from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE  # noqa: E402
-
 from benchmarks.common import Namespaces  # noqa: E402
-from bonding import links  # noqa: E402
 from bonding.plan import shoot_tunnel_name  # noqa: E402
+from netlink_adapter.events import EventStream  # noqa: E402
+from netlink_adapter.headers import RouteHeader  # noqa: E402
+from netlink_adapter.ip6tnl import ensure_ip6tnl  # noqa: E402
+from netlink_adapter.links import link_index  # noqa: E402
 from tests.netns import nsutil  # noqa: E402
 from tests.netns.topology import PLAN, BondLab  # noqa: E402
-from tests.netns.tunnel_tools import add_bond_addresses, add_host_address, http_get, ns_socket, route_via  # noqa: E402
+from tests.netns.tunnel_tools import (  # noqa: E402
+    ROUTE_PROTOCOL,
+    add_bond_addresses,
+    add_host_address,
+    http_get,
+    ns_socket,
+    route_via,
+)
 
 RESULTS = REPO / "results"
 LOGS = RESULTS / "bench-logs"
@@ -105,24 +112,26 @@ class Daemon:
 
 
 class RouteWatch:
-    """When each IPv4 back-route (proto 119) became visible in a namespace."""
+    """When each IPv4 back-route (ROUTE_PROTOCOL) became visible in a namespace."""
 
-    def __init__(self, ipr: AsyncIPRoute):
-        self.ipr = ipr
+    def __init__(self, ns: str):
+        # Only additions of back-routes are decoded: the floods add a thousand other changes.
+        self.stream = EventStream(
+            lambda header: isinstance(header, RouteHeader) and not header.deleted and header.proto == ROUTE_PROTOCOL,
+            links=False, ipv6_routes=False, netns=ns,
+        )
         self.seen: dict[str, float] = {}
         self.changed = asyncio.Event()
 
     async def start(self) -> RouteWatch:
-        await self.ipr.bind(RTMGRP_IPV4_ROUTE)
+        await self.stream.start()
         self.task = asyncio.create_task(self._run())
         return self
 
     async def _run(self) -> None:
-        while True:
-            async for msg in self.ipr.get():
-                if msg.get("event") == "RTM_NEWROUTE" and msg["proto"] == 119 and msg.get("RTA_DST"):
-                    self.seen.setdefault(msg.get("RTA_DST"), time.monotonic())
-                    self.changed.set()
+        async for event in self.stream:
+            self.seen.setdefault(str(event.route.dst.network_address), time.monotonic())
+            self.changed.set()
 
     async def wait(self, dst: str, timeout: float = 10) -> float:
         async with asyncio.timeout(timeout):
@@ -133,6 +142,7 @@ class RouteWatch:
 
     def stop(self) -> None:
         self.task.cancel()
+        self.stream.close()
 
 
 def sender(ns: str) -> socket.socket:
@@ -242,7 +252,7 @@ async def first_announcement_and_more(spaces: Namespaces) -> dict:
     results: dict = {}
     try:
         await daemon.wait_for_log("listening for announcements")
-        watch = await RouteWatch(await spaces.ipr_factory(shoot.ns)).start()
+        watch = await RouteWatch(shoot.ns).start()
         udp = sender(seed.ns)
         send_from(udp, seed.address, shoot.address, b"10.96.0.1")  # the seed's own tunnel: answers come back
         await watch.wait("10.96.0.1")
@@ -255,7 +265,7 @@ async def first_announcement_and_more(spaces: Namespaces) -> dict:
             source = PLAN.seed_client(0x1000 + k)
             pod_ip = f"10.97.0.{k}"
             await add_bond_addresses(seed_ipr, [source])
-            await links.ensure_ip6tnl(seed_ipr, f"bt{k}", source, shoot.address)  # decapsulates on the seed
+            await ensure_ip6tnl(seed_ipr, f"bt{k}", source, shoot.address)  # decapsulates on the seed
             await add_host_address(seed_ipr, pod_ip)
             await asyncio.sleep(0.2)
             started = time.monotonic()
@@ -336,9 +346,9 @@ async def first_announcement_and_more(spaces: Namespaces) -> dict:
         for k in range(1, 11):
             name, pod_ip = shoot_tunnel_name(PLAN.seed_client(0x1000 + k)), f"10.97.0.{k}"
             watch.seen.pop(pod_ip, None)
-            (link,) = await shoot_ipr.link("get", ifname=name)
+            index = await link_index(shoot_ipr, name)
             started = time.monotonic()
-            await shoot_ipr.link("del", index=link["index"])
+            await shoot_ipr.link("del", index=index)
             heal.append(await watch.wait(pod_ip) - started)
         results["self_heal"] = summary(heal)
         watch.stop()
@@ -392,7 +402,7 @@ async def thousand_sources(spaces: Namespaces) -> dict:
     daemon = Daemon(shoot.ns, "thousand", MAX_PEERS=SOURCES * 2)
     try:
         await daemon.wait_for_log("listening for announcements")
-        watch = await RouteWatch(await spaces.ipr_factory(shoot.ns)).start()
+        watch = await RouteWatch(shoot.ns).start()
         udp = sender(seed.ns)
         pod_ips = {source: f"10.{98 + i // 65536}.{i // 256 % 256}.{i % 256}" for i, source in enumerate(sources)}
         probing = asyncio.Event()

@@ -15,16 +15,14 @@ import json
 import logging
 import sys
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from bonding.config import BondingSettings
-from bonding.links import KernelFeatureMissing
 from bonding.plan import seed_tunnel_name, shoot_tunnel_name
 from bonding.setup import setup
 from daemonkit.config import load_or_exit
 from daemonkit.lifecycle import ExitCode, fail
 from daemonkit.logs import setup_logging
+from netlink_adapter import AsyncIPRoute
+from netlink_adapter.errors import KERNEL_ERRORS, KernelFeatureMissing
 
 PROGRAM = "bonding"
 LOG = logging.getLogger("bonding")
@@ -36,7 +34,7 @@ async def _setup(settings: BondingSettings) -> ExitCode:
             await setup(settings, ipr)
         except KernelFeatureMissing as exc:
             return fail(PROGRAM, f"this kernel lacks {exc}; it cannot build the bond network")
-        except (NetlinkError, OSError) as exc:
+        except KERNEL_ERRORS as exc:
             return fail(PROGRAM, f"setup failed: {exc}")
     return ExitCode.OK
 

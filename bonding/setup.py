@@ -13,11 +13,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from pyroute2 import AsyncIPRoute
-
-from bonding import links, sysctl
+from bonding import sysctl
 from bonding.config import BondingSettings
 from bonding.plan import BOND_DEVICE, seed_tunnel_name
+from netlink_adapter import AsyncIPRoute
+from netlink_adapter.addresses import ensure_only_address
+from netlink_adapter.bond import BondSpec, ensure_bond
+from netlink_adapter.errors import KernelFeatureMissing
+from netlink_adapter.ip6tnl import ensure_ip6tnl
+from netlink_adapter.links import Ensured, ensure_tap, missing_kernel_features
 
 LOG = logging.getLogger(__name__)
 
@@ -30,26 +34,27 @@ class SetupReport:
     replaced: list[str] = field(default_factory=list)
     adjusted: list[str] = field(default_factory=list)
 
-    def record(self, name: str, outcome: str) -> None:
-        """Note what an ``ensure_*`` call did to ``name`` ("kept" is nothing)."""
-        if outcome != "kept":
-            getattr(self, outcome).append(name)
+    def record(self, name: str, outcome: Ensured) -> None:
+        """Note what an ``ensure_*`` call did to ``name`` (KEPT is nothing)."""
+        lists = {Ensured.CREATED: self.created, Ensured.REPLACED: self.replaced, Ensured.ADJUSTED: self.adjusted}
+        if outcome in lists:
+            lists[outcome].append(name)
 
     @property
     def changed(self) -> bool:
         return bool(self.created or self.replaced or self.adjusted)
 
 
-def bond_spec(settings: BondingSettings) -> links.BondSpec:
+def bond_spec(settings: BondingSettings) -> BondSpec:
     if settings.bond_monitor == "ns":
-        return links.BondSpec(
+        return BondSpec(
             mode=settings.bonding_mode,
             arp_interval=settings.bond_ns_interval_ms,
             arp_validate=settings.bond_ns_validate,
             missed_max=settings.bond_ns_missed_max,
             ns_targets=tuple(settings.ns_targets),
         )
-    return links.BondSpec(mode=settings.bonding_mode)
+    return BondSpec(mode=settings.bonding_mode)
 
 
 def tap_name(index: int) -> str:
@@ -58,9 +63,9 @@ def tap_name(index: int) -> str:
 
 async def setup(settings: BondingSettings, ipr: AsyncIPRoute) -> SetupReport:
     """Converge the pod's network namespace to the bond network of ``settings``."""
-    missing = await links.missing_kernel_features(ipr)
+    missing = await missing_kernel_features(ipr)
     if missing:
-        raise links.KernelFeatureMissing(", ".join(missing))
+        raise KernelFeatureMissing(", ".join(missing))
     report = SetupReport()
     own = settings.own_address
 
@@ -70,20 +75,20 @@ async def setup(settings: BondingSettings, ipr: AsyncIPRoute) -> SetupReport:
 
     slaves = []
     for i in range(settings.ha_vpn_servers):
-        index, outcome = await links.ensure_tap(ipr, tap_name(i))
+        index, outcome = await ensure_tap(ipr, tap_name(i))
         slaves.append(index)
         report.record(tap_name(i), outcome)
 
-    bond_index, outcome = await links.ensure_bond(ipr, BOND_DEVICE, bond_spec(settings), slaves)
+    bond_index, outcome = await ensure_bond(ipr, BOND_DEVICE, bond_spec(settings), slaves)
     report.record(BOND_DEVICE, outcome)
     report.adjusted += sysctl.apply_sysctls(sysctl.bond_neighbour_sysctls(BOND_DEVICE))
-    if await links.ensure_only_address(ipr, bond_index, settings.plan.on_bond(own)):
+    if await ensure_only_address(ipr, bond_index, settings.plan.on_bond(own)):
         report.adjusted.append(f"{BOND_DEVICE} address")
 
     if not settings.is_shoot_client:
         for j, remote in enumerate(settings.plan.shoot_clients(settings.ha_vpn_clients)):
             name = seed_tunnel_name(j)
-            _, outcome = await links.ensure_ip6tnl(ipr, name, own, remote)
+            _, outcome = await ensure_ip6tnl(ipr, name, own, remote)
             report.record(name, outcome)
 
     LOG.info(

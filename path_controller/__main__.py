@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pyroute2 import AsyncIPRoute
-
 from announcement import load_key
 from daemonkit.config import config_error, load_or_exit
 from daemonkit.http import Endpoints, HttpServer
 from daemonkit.lifecycle import Daemon, ExitCode, run
 from daemonkit.logs import setup_logging
+from netlink_adapter import AsyncIPRoute
 from path_controller.config import PathControllerSettings
 from path_controller.controller import PathController, PolicyFactory, our_probing
 

@@ -14,22 +14,11 @@ masquerades). The controller holds down verdicts while that settles.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from netlink_adapter.links import LinkFacts
 
 SLAVE_LOST_CARRIER = "slave_lost_carrier"
 SLAVE_GAINED_CARRIER = "slave_gained_carrier"
 ACTIVE_SLAVE_CHANGED = "active_slave_changed"
-
-
-@dataclass(frozen=True)
-class LinkFacts:
-    """What one RTM_NEWLINK says that matters here."""
-
-    index: int
-    name: str
-    master: int | None
-    carrier: bool | None
-    active_slave: int | None  # bonds only
 
 
 class BondWatch:

@@ -19,11 +19,8 @@ from collections.abc import Callable
 from ipaddress import IPv6Address
 
 from prometheus_client import CollectorRegistry
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from announcement import encode
-from bonding import links
 from bonding.plan import seed_tunnel_name
 from daemonkit.lifecycle import Heartbeats
 from daemonkit.logs import RateLimiter
@@ -47,6 +44,8 @@ from path_controller.core import (
     Tick,
     WriteRoutes,
 )
+from netlink_adapter import AsyncIPRoute
+from netlink_adapter.errors import KERNEL_ERRORS
 from path_controller.metrics import PathMetrics
 from path_controller.netlink import Kernel, kernel_events
 from path_controller.probe import ProbeTiming
@@ -56,8 +55,6 @@ from path_controller.selection import preference_order
 from path_controller.sockets import Announcer, Pinger
 
 LOG = logging.getLogger("path_controller")
-
-KERNEL_ERRORS = (NetlinkError, OSError, LookupError, links.KernelFeatureMissing)
 
 # A policy for the core's probing, made at start: ours unless a benchmark brings vpn2's.
 PolicyFactory = Callable[[PathControllerSettings, float], ProbePolicy]
@@ -139,7 +136,7 @@ class PathController:
         await self.pinger.open()
         try:
             found_links = tuple(await self.kernel.links())
-        except (NetlinkError, OSError) as exc:
+        except KERNEL_ERRORS as exc:
             LOG.warning("cannot read links; bond failovers are noticed from the next change", extra={"error": str(exc)})
             found_links = ()
         tunnels = await self.kernel.tunnel_indexes(len(self.targets))
@@ -208,7 +205,7 @@ class PathController:
             try:
                 async for event in kernel_events(self.clock):
                     self.post(event)
-            except (NetlinkError, OSError) as exc:
+            except KERNEL_ERRORS as exc:
                 LOG.error("netlink event watch failed; restarting it", extra={"error": str(exc)})
                 await asyncio.sleep(1.0)
 
@@ -256,14 +253,9 @@ class PathController:
 
     async def _read_routes(self, work: ReadRoutes) -> RoutesRead | RoutesUnreadable:
         try:
-            local = await self.kernel.bond_address()
-            if local is None:
-                raise LookupError("bond0 has no address")
-            oif, outcome = await links.ensure_ip6tnl(
-                self.kernel.ipr, seed_tunnel_name(work.primary), local, self.targets[work.primary]
-            )
+            oif, outcome = await self.kernel.tunnel(work.primary, self.targets[work.primary])
             present = await self.kernel.routes(self.route_plan.networks)
-        except KERNEL_ERRORS as exc:
+        except (*KERNEL_ERRORS, LookupError) as exc:
             return RoutesUnreadable(self.clock(), work.primary, str(exc))
         return RoutesRead(self.clock(), work.primary, oif, present, outcome)
 
@@ -272,13 +264,13 @@ class PathController:
         for network in work.replace:
             try:
                 await self.kernel.replace(network, work.oif)
-            except (NetlinkError, OSError) as exc:
+            except KERNEL_ERRORS as exc:
                 failures.append(f"{network}: {exc}")
         if not failures:
             for network in work.remove:
                 try:
                     await self.kernel.remove(network)
-                except (NetlinkError, OSError) as exc:
+                except KERNEL_ERRORS as exc:
                     failures.append(f"remove {network}: {exc}")
         return RoutesWritten(self.clock(), work.primary, work.oif, tuple(failures))
 
@@ -319,7 +311,7 @@ class PathController:
                 LOG.info("announcing", extra={"source": str(address), "port": self.settings.announce_port})
                 return
             problem = "bond0 has no global address yet"
-        except (NetlinkError, OSError) as exc:
+        except KERNEL_ERRORS as exc:
             problem = str(exc)
         if self.log_limit.allow("announce-open") is not None:
             LOG.warning("cannot announce yet", extra={"problem": problem})

@@ -12,12 +12,11 @@ import argparse
 import logging
 import sys
 
-from pyroute2 import AsyncIPRoute
-
 from daemonkit.config import load_or_exit
 from daemonkit.http import Endpoints, HttpServer
 from daemonkit.lifecycle import Daemon, ExitCode, run
 from daemonkit.logs import setup_logging
+from netlink_adapter import AsyncIPRoute
 from tunnel_controller.config import TunnelSettings
 from tunnel_controller.controller import TunnelController
 from tunnel_controller.metrics import Metrics

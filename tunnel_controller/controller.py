@@ -22,23 +22,22 @@ from collections.abc import Callable
 from ipaddress import IPv6Address
 
 from announcement import ANNOUNCE_PORT, Rejected, decode
-from bonding.links import IFA_F_NODAD
 from daemonkit.lifecycle import Daemon, ExitCode, Heartbeats, StartupError
 from daemonkit.logs import RateLimiter
+from netlink_adapter.addresses import IFA_F_NOT_USABLE, describe_address_flags
+from netlink_adapter.errors import KERNEL_ERRORS
 from tunnel_controller import listener
 from tunnel_controller.config import TunnelSettings
 from tunnel_controller.limits import SourceRateLimiter
 from tunnel_controller.metrics import Metrics
-from tunnel_controller.netlink import EventWatch, Kernel
+from tunnel_controller.netlink import Kernel, event_stream
 from tunnel_controller.outcomes import PeerEvent, RejectReason, SignalResult
-from tunnel_controller.reconciler import KERNEL_ERRORS, Reconciler
+from tunnel_controller.reconciler import Reconciler
 from tunnel_controller.registry import Outcome, PeerRegistry, PeerRejected
 from tunnel_controller.watchdog import Watchdog
 
 LOG = logging.getLogger("tunnel_controller")
 
-IFA_F_DADFAILED = 0x08
-IFA_F_TENTATIVE = 0x40
 LISTEN_RETRY = 0.2
 
 
@@ -117,7 +116,7 @@ class TunnelController:
             return "bond0 has no global IPv6 address"
         iface, flags = addresses[0]
         where = f"[{iface.ip}]:{ANNOUNCE_PORT} (address flags: {describe_address_flags(flags)})"
-        if flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
+        if flags & IFA_F_NOT_USABLE:
             return f"cannot bind {where}: address not usable yet"
         try:
             self.stream = await listener.bind_announcements(iface.ip, ANNOUNCE_PORT)
@@ -218,14 +217,14 @@ class TunnelController:
 
     async def _watch_loop(self, started: asyncio.Event) -> None:
         while True:
-            watch = EventWatch(self.reconciler.watched)
+            watch = event_stream(self.reconciler.watched)
             try:
                 await watch.start()
                 started.set()
-                async for event in watch.events():
+                async for event in watch:
                     self.reconciler.on_kernel_event(event)
             except KERNEL_ERRORS as exc:
-                # Typically ENOBUFS: events were lost. Start over and compare everything.
+                # Typically EventsLost (ENOBUFS): events were lost. Start over and compare everything.
                 self.metrics.event_overflows.inc()
                 LOG.warning("netlink event stream lost; resyncing", extra={"error": str(exc)})
                 self.reconciler.request_resync()
@@ -301,9 +300,3 @@ class TunnelController:
             self.stream.close()
             self.metrics.listening.set(0)
 
-
-def describe_address_flags(flags: int) -> str:
-    names = {IFA_F_NODAD: "nodad", IFA_F_DADFAILED: "dadfailed", IFA_F_TENTATIVE: "tentative",
-             0x01: "temporary", 0x20: "deprecated"}
-    found = [name for bit, name in names.items() if flags & bit]
-    return ",".join(found) or "no flags"

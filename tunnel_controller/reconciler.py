@@ -13,9 +13,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from pyroute2.netlink.exceptions import NetlinkError
-
-from bonding.links import KernelFeatureMissing
 from bonding.plan import SHOOT_TUNNEL_NAME, shoot_tunnel_name
 from daemonkit.backoff import Backoff
 from tunnel_controller.config import TunnelSettings
@@ -31,17 +28,20 @@ from tunnel_controller.desired import (
     plan,
     routes_by_device,
 )
+from netlink_adapter.errors import KERNEL_ERRORS
+from netlink_adapter.events import Event, LinkEvent, RouteEvent
+from netlink_adapter.links import Ensured
 from tunnel_controller.metrics import Metrics
-from tunnel_controller.netlink import Found, Kernel, KernelEvent, LinkDown, LinkGone, RouteGone
+from tunnel_controller.netlink import Found, Kernel
 from tunnel_controller.outcomes import Operation, PeerEvent, Repaired
 from tunnel_controller.registry import PeerRegistry, Status
 
 LOG = logging.getLogger("tunnel_controller")
 
 MIN_WAIT = 0.01  # never spin: at least this long between passes
-KERNEL_ERRORS = (NetlinkError, OSError, KernelFeatureMissing)
 # Kernel.ensure_tunnel's outcomes that changed something -> what is counted.
-ENSURED = {"created": Operation.TUNNEL_CREATE, "replaced": Operation.TUNNEL_REPLACE, "adjusted": Operation.TUNNEL_ADJUST}
+OPERATION = {Ensured.CREATED: Operation.TUNNEL_CREATE, Ensured.REPLACED: Operation.TUNNEL_REPLACE,
+             Ensured.ADJUSTED: Operation.TUNNEL_ADJUST}
 
 
 class Reconciler:
@@ -243,15 +243,15 @@ class Reconciler:
             return False
         finally:
             self._busy.discard(spec.name)
-        if outcome in ("created", "replaced"):
+        if outcome in (Ensured.CREATED, Ensured.REPLACED):
             self.view.forget_tunnel(spec.name)
         self.view.track(spec.name, index)
         self.view.tunnels[spec.name] = spec
-        if outcome != "kept":
-            self.metrics.operations.labels(ENSURED[outcome]).inc()
+        if outcome is not Ensured.KEPT:
+            self.metrics.operations.labels(OPERATION[outcome]).inc()
             # Creation is routine (the peer's "new kube-apiserver" and "tunnel ready" say enough);
             # replacing or fixing a device that was there is worth an operator's attention.
-            level = logging.DEBUG if outcome == "created" else logging.INFO
+            level = logging.DEBUG if outcome is Ensured.CREATED else logging.INFO
             LOG.log(level, f"tunnel {outcome}", extra={"device": spec.name, "remote": str(spec.remote)})
         return True
 
@@ -320,32 +320,35 @@ class Reconciler:
     def watched(self, index: int) -> bool:
         return self.view.device_of(index) is not None
 
-    def on_kernel_event(self, event: KernelEvent) -> None:
-        if isinstance(event, LinkGone | LinkDown):
-            name = self.view.device_of(event.index)
+    def on_kernel_event(self, event: Event) -> None:
+        """A tunnel deleted or set down, or a back-route deleted, behind our back: forget it
+        and wake a pass that restores it (events of our own changes are ignored)."""
+        if isinstance(event, LinkEvent):
+            name = self.view.device_of(event.link.index)
             if name is None or name in self._busy:
                 return
-            if isinstance(event, LinkGone):
+            if event.deleted:
                 self.view.forget_tunnel(name)
-            elif name in self.view.tunnels:
+            elif not event.link.up and name in self.view.tunnels:
                 del self.view.tunnels[name]
             else:
                 return
             if self._owner(name) is not None:
-                self._repaired(Repaired.TUNNEL, name, "deleted" if isinstance(event, LinkGone) else "set down")
+                self._repaired(Repaired.TUNNEL, name, "deleted" if event.deleted else "set down")
                 self.wake.set()
-        elif isinstance(event, RouteGone):
-            entry = self.view.routes.get(event.dst)
+        elif isinstance(event, RouteEvent) and event.deleted:
+            dst = event.route.dst
+            entry = self.view.routes.get(dst)
             if (
                 entry is None
-                or event.dst in self._busy
+                or dst in self._busy
                 or entry.device in self._busy  # its device is being replaced or deleted by us
-                or self.view.indexes.get(entry.device) != event.index
+                or self.view.indexes.get(entry.device) != event.route.oif
             ):
                 return
-            del self.view.routes[event.dst]
+            del self.view.routes[dst]
             if self._owner(entry.device) is not None:
-                self._repaired(Repaired.ROUTE, entry.device, f"{event.dst} deleted")
+                self._repaired(Repaired.ROUTE, entry.device, f"{dst} deleted")
                 self.wake.set()
 
     def update_gauges(self) -> None:

@@ -23,6 +23,8 @@ from ipaddress import IPv6Address, ip_address, ip_network
 from pathlib import Path
 
 from bonding.plan import AddressPlan, seed_client_index_for_pod
+from netlink_adapter.ip6tnl import dump_ip6tnl
+from netlink_adapter.links import link_by_index, link_by_name, link_facts
 from tests.netns import nsutil
 from tests.netns.openvpn import MANAGEMENT_PORT, Pki, client_config, make_pki, server_config, up_script
 
@@ -328,12 +330,10 @@ class HaTopology:
     async def active_tap(self, member: Member) -> str | None:
         """The slave member's bond0 sends on (tap<i>: server i), or None."""
         ipr = await self.ipr_factory(member.ns)
-        (bond,) = await ipr.link("get", ifname="bond0")
-        active = bond.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA").get("IFLA_BOND_ACTIVE_SLAVE")
+        active = link_facts(await link_by_name(ipr, "bond0")).active_slave
         if not active:
             return None
-        (slave,) = await ipr.link("get", index=active)
-        return slave.get("IFLA_IFNAME")
+        return link_facts(await link_by_index(ipr, active)).name
 
     async def wait_bonds_on(self, server: int, timeout: float = 60.0) -> None:
         """Until every bond uses server ``server``: after a server comes back,
@@ -350,13 +350,7 @@ class HaTopology:
     async def shoot_tunnels(self, shoot: Shoot) -> dict[IPv6Address, str]:
         """remote → device name of the shoot's bond0ip6tnl* devices."""
         ipr = await self.ipr_factory(shoot.ns)
-        tunnels = {}
-        async for link in await ipr.link("dump"):
-            name = link.get("IFLA_IFNAME") or ""
-            if name.startswith("bond0ip6tnl"):
-                data = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
-                tunnels[IPv6Address(data.get("IFLA_IP6TNL_REMOTE"))] = name
-        return tunnels
+        return {tunnel.remote: tunnel.name for tunnel in await dump_ip6tnl(ipr) if tunnel.name.startswith("bond0ip6tnl")}
 
     # --- failures ---------------------------------------------------------
 

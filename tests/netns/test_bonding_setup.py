@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import json
-from ipaddress import IPv6Address, IPv6Interface
+import socket
+from ipaddress import IPv6Address, IPv6Interface, ip_network
 
 import pytest
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD, IFA_F_PERMANENT
 
 from bonding.plan import AddressPlan, seed_client_index_for_pod
+from netlink_adapter.ip6tnl import IP6_TNL_F_IGN_ENCAP_LIMIT
+from netlink_adapter.links import is_up, link_by_name
+from netlink_adapter.routes import dump_routes
 from tests.netns import nsutil
 
 PLAN = AddressPlan.from_text()
 SEED_POD = "kube-apiserver-7d9f8b6c5d-x2x4k"
 SEED_ADDRESS = PLAN.seed_client(seed_client_index_for_pod(SEED_POD))
-IFA_F_NODAD = 0x02
 
 
 async def link(ipr, name):
-    found = await ipr.link("get", ifname=name)
-    return found[0]
+    found = await link_by_name(ipr, name)
+    assert found is not None, f"no {name}"
+    return found
 
 
 def info_data(msg):
@@ -37,7 +42,7 @@ def setup_log(result) -> dict:
 async def global_addresses(ipr, index):
     return [
         (IPv6Interface((a.get("IFA_ADDRESS"), a["prefixlen"])), a.get("IFA_FLAGS"))
-        async for a in await ipr.addr("dump", index=index, family=10)
+        async for a in await ipr.addr("dump", index=index, family=socket.AF_INET6)
         if a["scope"] == 0
     ]
 
@@ -53,7 +58,7 @@ async def assert_bond(ipr, address: IPv6Address, mode: str = "active-backup"):
         assert tap.get("IFLA_CARRIER") == 0  # nobody attached yet
     data = info_data(bond)
     assert bond.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "bond"
-    assert bond["flags"] & 1, "bond0 is up"
+    assert is_up(bond), "bond0 is up"
     assert data.get("IFLA_BOND_MIIMON") == 100
     if mode == "active-backup":
         assert data.get("IFLA_BOND_MODE") == 1
@@ -63,7 +68,8 @@ async def assert_bond(ipr, address: IPv6Address, mode: str = "active-backup"):
         assert data.get("IFLA_BOND_NUM_PEER_NOTIF") == 5
     else:
         assert data.get("IFLA_BOND_MODE") == 0
-    assert await global_addresses(ipr, bond["index"]) == [(IPv6Interface(f"{address}/104"), 0x02 | 0x80)]
+    on_bond = [(IPv6Interface(f"{address}/104"), IFA_F_NODAD | IFA_F_PERMANENT)]
+    assert await global_addresses(ipr, bond["index"]) == on_bond
     return bond
 
 
@@ -74,8 +80,8 @@ async def assert_tunnel(ipr, name, local, remote):
     assert IPv6Address(data.get("IFLA_IP6TNL_LOCAL")) == local
     assert IPv6Address(data.get("IFLA_IP6TNL_REMOTE")) == remote
     assert data.get("IFLA_IP6TNL_PROTO") == 0  # "any": IPv4 and IPv6 inside
-    assert data.get("IFLA_IP6TNL_FLAGS") & 0x1  # IP6_TNL_F_IGN_ENCAP_LIMIT: encaplimit none
-    assert tnl["flags"] & 1, f"{name} is up"
+    assert data.get("IFLA_IP6TNL_FLAGS") & IP6_TNL_F_IGN_ENCAP_LIMIT  # encaplimit none
+    assert is_up(tnl), f"{name} is up"
     return tnl
 
 
@@ -128,8 +134,8 @@ async def test_second_run_changes_nothing_and_keeps_routes(netns, ipr_factory, r
     assert (event["created_links"], event["replaced_links"], event["adjusted_settings"]) == ([], [], [])
     after = {n: (await link(ipr, n))["index"] for n in before}
     assert after == before, "nothing was recreated"
-    routes = [r async for r in await ipr.route("dump", family=2) if r.get("RTA_DST") == "10.96.0.0"]
-    assert [r.get("RTA_OIF") for r in routes] == [before["bond0-ip6tnl0"]]
+    routes = [r for r in await dump_routes(ipr) if r.dst == ip_network("10.96.0.0/11")]
+    assert [r.oif for r in routes] == [before["bond0-ip6tnl0"]]
 
 
 async def test_second_run_repairs_drift(netns, ipr_factory, run_bonding):

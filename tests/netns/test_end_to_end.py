@@ -18,6 +18,8 @@ import pytest
 import pytest_asyncio
 
 from benchmarks.common import Namespaces
+from netlink_adapter.links import link_index
+from netlink_adapter.routes import dump_routes
 from tests.netns import nsutil
 from tests.netns.ha_topology import NS_MONITOR, SHOOT_POD, SHOOT_POD6, SHOOT_TARGETS, HaTopology
 from tests.netns.traffic import TcpEchoServer, TcpStream, UdpEchoServer, UdpStream
@@ -77,13 +79,9 @@ async def test_steady_state_every_apiserver_reaches_every_shoot_network(topo, st
         tunnels = await topo.shoot_tunnels(shoot)
         assert set(tunnels) == bond_addresses, f"{shoot.name}: one tunnel per apiserver"
         ipr = await topo.ipr_factory(shoot.ns)
-        routes = {}
-        for family in (2, 10):
-            async for route in await ipr.route("dump", family=family):
-                if route.get("RTA_DST"):
-                    routes[ip_address(route.get("RTA_DST"))] = route.get("RTA_OIF")
+        routes = {route.dst.network_address: route.oif for route in await dump_routes(ipr) if route.is_host}
         for api in topo.apiservers:
-            (index,) = await ipr.link_lookup(ifname=tunnels[api.bond_address])
+            index = await link_index(ipr, tunnels[api.bond_address])
             # The seed pod network overlaps nothing here, so pod IPs are announced as they are.
             assert routes.get(ip_address(api.underlay_ip)) == index
             assert routes.get(ip_address(api.pod_ip6)) == index

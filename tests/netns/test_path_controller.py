@@ -12,6 +12,8 @@ from ipaddress import IPv6Address, ip_network
 import pytest
 
 from announcement import decode
+from netlink_adapter.links import link_index
+from netlink_adapter.routes import RT_TABLE_MAIN, dump_routes
 from path_controller.selection import preference_order
 from tests.netns import nsutil
 from tests.netns.topology import BondLab
@@ -45,15 +47,7 @@ class Lab:
         return self.seed.ifindex[f"bond0-ip6tnl{j}"]
 
     async def routes(self) -> dict:
-        found = {}
-        for family in (socket.AF_INET, socket.AF_INET6):
-            async for msg in await self.ipr.route("dump", family=family):
-                if msg.get("RTA_DST") is None or msg.get("RTA_TABLE") != 254:
-                    continue
-                network = ip_network(f"{msg.get('RTA_DST')}/{msg['dst_len']}")
-                if network in ROUTED:
-                    found[network] = (msg.get("RTA_OIF"), msg["proto"])
-        return found
+        return {route.dst: (route.oif, route.proto) for route in await dump_routes(self.ipr) if route.dst in ROUTED}
 
     async def routes_via(self, j: int) -> bool:
         routes = await self.routes()
@@ -237,7 +231,7 @@ async def test_route_deleted_or_changed_behind_its_back_is_restored(lab):
     lab.start()
     await lab.wait_routes_via(PREFERRED)
     await wait_ready(lab)
-    await lab.ipr.route("del", dst="100.96.0.0/11", table=254)
+    await lab.ipr.route("del", dst="100.96.0.0/11", table=RT_TABLE_MAIN)
     took = await lab.wait_routes_via(PREFERRED, timeout=5)
     await lab.ipr.route("replace", dst="fd00:64::/108", oif=lab.seed.ifindex["eth0"], family=socket.AF_INET6)
     took2 = await lab.wait_routes_via(PREFERRED, timeout=5)
@@ -252,10 +246,10 @@ async def test_tunnel_deleted_behind_its_back_is_recreated(lab):
     await lab.ipr.link("del", index=lab.tunnel(PREFERRED))
 
     async def recreated():
-        found = await lab.ipr.link_lookup(ifname=f"bond0-ip6tnl{PREFERRED}")
-        if not found:
+        found = await link_index(lab.ipr, f"bond0-ip6tnl{PREFERRED}")
+        if found is None:
             return False
-        lab.seed.ifindex[f"bond0-ip6tnl{PREFERRED}"] = found[0]
+        lab.seed.ifindex[f"bond0-ip6tnl{PREFERRED}"] = found
         return await lab.routes_via(PREFERRED)
 
     await nsutil.wait_for(recreated, timeout=5, message="tunnel and routes recreated")

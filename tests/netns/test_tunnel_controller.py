@@ -13,9 +13,9 @@ from datetime import datetime
 from ipaddress import IPv6Address
 
 from announcement import encode
-from bonding import links
-from bonding.links import IP6_TNL_F_IGN_ENCAP_LIMIT
 from bonding.plan import shoot_tunnel_name
+from netlink_adapter.ip6tnl import IP6_TNL_F_IGN_ENCAP_LIMIT, create_or_ensure_ip6tnl, ip6tnl_matches
+from netlink_adapter.links import Ensured, is_up, link_by_name, link_index
 from tests.netns import nsutil
 from tests.netns.topology import PLAN, BondLab
 from tests.netns.tunnel_tools import (
@@ -187,7 +187,7 @@ async def test_pod_ip_change_routes_the_new_ip_before_removing_the_old(make_netn
     await nsutil.wait_for(lambda: host_routes_has(lab, "fd00:96::1/128"), timeout=10, message="back-routes")
     name = tunnel_name(seed)
     index = (await tunnels(lab.shoot_ipr))[name].index
-    events = await RouteEvents(await ipr_factory(lab.shoot.ns)).start()
+    events = await RouteEvents(lab.shoot.ns).start()
     # IPv6 keeps flowing through the tunnel while the IPv4 pod IP changes.
     ping = ContinuousPing(processes, seed.ns, SHOOT_V6, "fd00:96::1", interval=0.05, count=80)
     await ping.wait_replies(5)
@@ -575,7 +575,7 @@ async def test_watchdog_signals_every_openvpn_server_after_the_grace_period(make
 async def test_listening_waits_for_a_tentative_bond_address_and_gives_up_clearly(make_netns, ipr_factory, processes):
     lab = await Lab.create(make_netns, ipr_factory, seeds=0)
     ipr, address = lab.shoot_ipr, str(lab.shoot.address)
-    (bond,) = await ipr.link_lookup(ifname="bond0")
+    bond = await link_index(ipr, "bond0")
     await ipr.addr("del", index=bond, address=address, prefixlen=104)
 
     impatient = Daemon(processes, lab.shoot.ns, name="impatient", LISTEN_TIMEOUT=1)
@@ -603,17 +603,17 @@ async def test_a_tunnel_created_first_is_looked_at_only_when_its_name_is_taken(n
     ipr = await ipr_factory(netns)
     local, remote, other = PLAN.shoot_client(0), PLAN.seed_client(0x101), PLAN.seed_client(0x102)
     name = shoot_tunnel_name(remote)
-    assert await links.link_index(ipr, name) is None
+    assert await link_index(ipr, name) is None
 
-    index, outcome = await links.create_or_ensure_ip6tnl(ipr, name, local, remote)
-    link = await links.link_by_name(ipr, name)
-    assert (index, outcome) == (link["index"], "created")
-    assert links.ip6tnl_matches(link, local, remote) and link["flags"] & 1
-    assert await links.link_index(ipr, name) == index
+    index, outcome = await create_or_ensure_ip6tnl(ipr, name, local, remote)
+    link = await link_by_name(ipr, name)
+    assert (index, outcome) == (link["index"], Ensured.CREATED)
+    assert ip6tnl_matches(link, local, remote) and is_up(link)
+    assert await link_index(ipr, name) == index
 
-    assert await links.create_or_ensure_ip6tnl(ipr, name, local, remote) == (index, "kept")
+    assert await create_or_ensure_ip6tnl(ipr, name, local, remote) == (index, Ensured.KEPT)
     await ipr.link("set", index=index, state="down")
-    assert await links.create_or_ensure_ip6tnl(ipr, name, local, remote) == (index, "adjusted")
-    index, outcome = await links.create_or_ensure_ip6tnl(ipr, name, local, other)
-    link = await links.link_by_name(ipr, name)
-    assert (index, outcome) == (link["index"], "replaced") and links.ip6tnl_matches(link, local, other)
+    assert await create_or_ensure_ip6tnl(ipr, name, local, remote) == (index, Ensured.ADJUSTED)
+    index, outcome = await create_or_ensure_ip6tnl(ipr, name, local, other)
+    link = await link_by_name(ipr, name)
+    assert (index, outcome) == (link["index"], Ensured.REPLACED) and ip6tnl_matches(link, local, other)

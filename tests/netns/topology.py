@@ -15,10 +15,13 @@ import asyncio
 from dataclasses import dataclass, field
 from ipaddress import IPv6Address
 
-from pyroute2 import AsyncIPRoute
-
-from bonding import links, sysctl
+from bonding import sysctl
 from bonding.plan import BOND_DEVICE, AddressPlan, seed_tunnel_name
+from netlink_adapter import AsyncIPRoute
+from netlink_adapter.addresses import ensure_only_address
+from netlink_adapter.bond import BondSpec, ensure_bond
+from netlink_adapter.ip6tnl import ensure_ip6tnl
+from netlink_adapter.links import link_index
 from tests.netns import nsutil
 
 PLAN = AddressPlan.from_text()
@@ -55,7 +58,7 @@ class BondLab:
         for i in range(lab.servers):
             await lab.switch.link("add", ifname=f"br{i}", kind="bridge")
             # No STP, no forwarding delay: a port forwards as soon as it is up.
-            (br,) = await lab.switch.link_lookup(ifname=f"br{i}")
+            br = await link_index(lab.switch, f"br{i}")
             await lab.switch.link("set", index=br, kind="bridge", br_forward_delay=0, br_stp_state=0)
             await lab.switch.link("set", index=br, state="up")
         return lab
@@ -71,21 +74,20 @@ class BondLab:
         for i in range(self.servers):
             outer = f"{name[:10]}s{i}"
             await self.switch.link("add", ifname=outer, kind="veth", peer={"ifname": f"eth{i}", "net_ns_fd": peer.ns})
-            (outer_index,) = await self.switch.link_lookup(ifname=outer)
-            (bridge,) = await self.switch.link_lookup(ifname=f"br{i}")
+            outer_index = await link_index(self.switch, outer)
+            bridge = await link_index(self.switch, f"br{i}")
             await self.switch.link("set", index=outer_index, master=bridge, state="up")
-            (inner,) = await ipr.link_lookup(ifname=f"eth{i}")
+            inner = await link_index(ipr, f"eth{i}")
             slaves.append(inner)
             peer.ifindex[f"eth{i}"] = inner
-        spec = links.BondSpec(miimon=self.miimon)
-        bond, _ = await links.ensure_bond(ipr, BOND_DEVICE, spec, slaves)
+        bond, _ = await ensure_bond(ipr, BOND_DEVICE, BondSpec(miimon=self.miimon), slaves)
         peer.ifindex[BOND_DEVICE] = bond
         # As `bonding setup` leaves it (the daemons' behaviour under loss depends on it).
         nsutil.run_in(peer.ns, nsutil.sysctl_cmd(sysctl.bond_neighbour_sysctls(BOND_DEVICE)))
-        await links.ensure_only_address(ipr, bond, PLAN.on_bond(address))
+        await ensure_only_address(ipr, bond, PLAN.on_bond(address))
         if side == "seed":
             for j in range(self.shoot_clients):
-                index, _ = await links.ensure_ip6tnl(ipr, seed_tunnel_name(j), address, PLAN.shoot_client(j))
+                index, _ = await ensure_ip6tnl(ipr, seed_tunnel_name(j), address, PLAN.shoot_client(j))
                 peer.ifindex[seed_tunnel_name(j)] = index
         self.peers[name] = peer
         return peer
@@ -97,8 +99,7 @@ class BondLab:
         return await self.add_peer(name or f"shoot{j}", "shoot", j)
 
     async def _outer(self, peer: Peer, server: int) -> int:
-        (index,) = await self.switch.link_lookup(ifname=f"{peer.name[:10]}s{server}")
-        return index
+        return await link_index(self.switch, f"{peer.name[:10]}s{server}")
 
     async def cut(self, peer: Peer, server: int | None = None) -> None:
         """Take the peer off server ``server`` (all servers if None): its slave loses carrier."""

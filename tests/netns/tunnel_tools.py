@@ -11,11 +11,16 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 
 from announcement import ANNOUNCE_PORT
 from bonding.plan import shoot_tunnel_name
+from netlink_adapter.addresses import IFA_F_NODAD
+from netlink_adapter.events import EventStream, RouteEvent
+from netlink_adapter.ip6tnl import ip6tnl_state
+from netlink_adapter.links import link_by_name, link_index, link_kind
+from netlink_adapter.routes import RT_TABLE_MAIN, dump_routes
 from tests.netns import nsutil
 from tests.netns.nsutil import ns_socket
 from tests.netns.topology import Peer
@@ -162,18 +167,10 @@ async def tunnels(ipr) -> dict[str, Tunnel]:
         name = link.get("IFLA_IFNAME")
         if not name or not name.startswith("bond0ip6tnl"):
             continue
-        data = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA") or {}
-        local, remote = data.get("IFLA_IP6TNL_LOCAL"), data.get("IFLA_IP6TNL_REMOTE")
+        state = ip6tnl_state(link)
         found[name] = Tunnel(
-            name,
-            link["index"],
-            link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND"),
-            IPv6Address(local) if local else None,
-            IPv6Address(remote) if remote else None,
-            data.get("IFLA_IP6TNL_PROTO"),
-            data.get("IFLA_IP6TNL_ENCAP_LIMIT"),
-            data.get("IFLA_IP6TNL_FLAGS") or 0,
-            bool(link["flags"] & 1),
+            name, state.index, link_kind(link), state.local, state.remote, state.proto, state.encap_limit,
+            state.flags, state.up,
         )
     return found
 
@@ -188,16 +185,11 @@ class Route:
 async def host_routes(ipr) -> dict[str, Route]:
     """Main-table /32 and /128 routes through a ``bond0ip6tnl*`` device, by destination."""
     names = {t.index: t.name for t in (await tunnels(ipr)).values()}
-    found = {}
-    for family in (socket.AF_INET, socket.AF_INET6):
-        async for msg in await ipr.route("dump", family=family):
-            oif = msg.get("RTA_OIF")
-            cached = msg["flags"] & 0x200  # RTM_F_CLONED: a PMTU exception, not a route
-            host = msg["dst_len"] in (32, 128) and msg.get("RTA_DST")
-            if oif in names and not cached and msg.get("RTA_TABLE") == 254 and host:
-                dst = str(ip_network(msg.get("RTA_DST")))
-                found[dst] = Route(dst, names[oif], msg["proto"])
-    return found
+    return {
+        str(route.dst): Route(str(route.dst), names[route.oif], route.proto)
+        for route in await dump_routes(ipr, RT_TABLE_MAIN)  # cached exceptions (PMTU) left out
+        if route.oif in names and route.is_host
+    }
 
 
 def tunnel_name(seed: Peer) -> str:
@@ -208,15 +200,11 @@ async def kernel_picture(ipr) -> tuple:
     """Everything the daemon could have changed: links (name, kind, index) and all routes."""
     links = sorted(
         [
-            (link.get("IFLA_IFNAME"), link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND"), link["index"])
+            (link.get("IFLA_IFNAME"), link_kind(link), link["index"])
             async for link in await ipr.link("dump")
         ]
     )
-    routes = []
-    for family in (socket.AF_INET, socket.AF_INET6):
-        async for msg in await ipr.route("dump", family=family):
-            routes.append((family, msg.get("RTA_DST"), msg["dst_len"], msg.get("RTA_OIF"), msg.get("RTA_TABLE")))
-    return links, sorted(routes, key=str)
+    return links, sorted(await dump_routes(ipr, table=None), key=str)
 
 
 # --- traffic --------------------------------------------------------------------
@@ -229,7 +217,8 @@ async def add_host_address(ipr, address: str) -> None:
 
 
 async def route_via(ipr, dst: str, device: str) -> None:
-    (index,) = await ipr.link_lookup(ifname=device)
+    index = await link_index(ipr, device)
+    assert index is not None, f"no {device}"
     await ipr.route("replace", dst=dst, oif=index)
 
 
@@ -293,8 +282,7 @@ class RawSender:
     @classmethod
     async def between(cls, sender_ns: str, sender_ipr, receiver_ipr) -> RawSender:
         async def mac(ipr) -> str:
-            (link,) = await ipr.link("get", ifname="bond0")
-            return link.get("IFLA_ADDRESS")
+            return (await link_by_name(ipr, "bond0")).get("IFLA_ADDRESS")
 
         return cls(sender_ns, await mac(sender_ipr), await mac(receiver_ipr))
 
@@ -312,9 +300,9 @@ class RawSender:
 
 async def add_bond_addresses(ipr, addresses) -> None:
     """Extra addresses on a peer's bond0 (more senders without more namespaces)."""
-    (bond,) = await ipr.link_lookup(ifname="bond0")
+    bond = await link_index(ipr, "bond0")
     for address in addresses:
-        await ipr.addr("add", index=bond, address=str(address), prefixlen=128, flags=0x02)
+        await ipr.addr("add", index=bond, address=str(address), prefixlen=128, flags=IFA_F_NODAD)
 
 
 def rss_kib(pid: int) -> int:
@@ -327,23 +315,20 @@ def rss_kib(pid: int) -> int:
 class RouteEvents:
     """Route additions and removals seen in a namespace, in order: (event, destination)."""
 
-    def __init__(self, ipr):
-        self.ipr = ipr
+    def __init__(self, ns: str):
+        self.stream = EventStream(links=False, netns=ns)
         self.seen: list[tuple[str, str]] = []
         self._task: asyncio.Task | None = None
 
     async def start(self) -> RouteEvents:
-        from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE
-
-        await self.ipr.bind(RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
+        await self.stream.start()
         self._task = asyncio.create_task(self._collect())
         return self
 
     async def _collect(self) -> None:
-        while True:
-            async for msg in self.ipr.get():
-                if msg.get("event") in ("RTM_NEWROUTE", "RTM_DELROUTE") and msg.get("RTA_DST"):
-                    self.seen.append((msg["event"], f"{msg.get('RTA_DST')}/{msg['dst_len']}"))
+        async for event in self.stream:
+            if isinstance(event, RouteEvent):
+                self.seen.append(("RTM_DELROUTE" if event.deleted else "RTM_NEWROUTE", str(event.route.dst)))
 
     def position(self, event: str, dst: str) -> int:
         return self.seen.index((event, dst))
@@ -352,3 +337,4 @@ class RouteEvents:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        self.stream.close()

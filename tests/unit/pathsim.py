@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv6Address, ip_network
 
-from path_controller.bondwatch import LinkFacts
+from netlink_adapter.links import LinkFacts
+from pyroute2.arp import ARPHRD_ETHER
 from path_controller.core import (
     Answered,
     CoreConfig,
@@ -232,14 +233,14 @@ class Simulation:
     def bond_links(cls) -> tuple[LinkFacts, ...]:
         """bond0 on tap0, both slaves with carrier: what a start-up dump shows."""
         return (
-            LinkFacts(cls.TAP0, "tap0", cls.BOND, True, None),
-            LinkFacts(cls.TAP1, "tap1", cls.BOND, True, None),
-            LinkFacts(cls.BOND, "bond0", None, True, cls.TAP0),
+            LinkFacts(cls.TAP0, "tap0", cls.BOND, True, None, True, ARPHRD_ETHER),
+            LinkFacts(cls.TAP1, "tap1", cls.BOND, True, None, True, ARPHRD_ETHER),
+            LinkFacts(cls.BOND, "bond0", None, True, cls.TAP0, True, ARPHRD_ETHER),
         )
 
     def bond_moves(self, t: float, active: int) -> None:
         """This node's bond changes its active slave at ``t`` (a server failover)."""
-        self.at(t, LinkChanged(t, LinkFacts(self.BOND, "bond0", None, True, active)))
+        self.at(t, LinkChanged(t, LinkFacts(self.BOND, "bond0", None, True, active, True, ARPHRD_ETHER)))
 
     def route_removed(self, t: float, network) -> None:
         """Someone deletes one of our routes at ``t``."""

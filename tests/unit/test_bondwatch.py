@@ -1,22 +1,25 @@
 """BondWatch: which link messages mean this node's bond is failing over."""
 
+from pyroute2.arp import ARPHRD_ETHER
+
+from netlink_adapter.ip6tnl import ARPHRD_TUNNEL6
+from netlink_adapter.links import LinkFacts
 from path_controller.bondwatch import (
     ACTIVE_SLAVE_CHANGED,
     SLAVE_GAINED_CARRIER,
     SLAVE_LOST_CARRIER,
     BondWatch,
-    LinkFacts,
 )
 
 BOND, TAP0, TAP1 = 5, 3, 4
 
 
 def bond(active: int | None) -> LinkFacts:
-    return LinkFacts(BOND, "bond0", None, True, active)
+    return LinkFacts(BOND, "bond0", None, True, active, up=True, device_type=ARPHRD_ETHER)
 
 
 def tap(index: int, carrier: bool, master: int | None = BOND) -> LinkFacts:
-    return LinkFacts(index, f"tap{index - 3}", master, carrier, None)
+    return LinkFacts(index, f"tap{index - 3}", master, carrier, None, up=True, device_type=ARPHRD_ETHER)
 
 
 def primed() -> BondWatch:
@@ -49,7 +52,7 @@ def test_other_links_are_ignored():
     assert watch.observe(tap(9, False, master=None)) is None
     assert watch.observe(tap(10, True, master=77)) is None
     assert watch.observe(tap(10, False, master=77)) is None  # enslaved elsewhere
-    assert watch.observe(LinkFacts(6, "bond0-ip6tnl0", None, None, None)) is None
+    assert watch.observe(LinkFacts(6, "bond0-ip6tnl0", None, None, None, up=True, device_type=ARPHRD_TUNNEL6)) is None
 
 
 def test_without_a_dump_the_first_messages_only_learn():

@@ -11,7 +11,8 @@ from ipaddress import ip_network
 import pytest
 
 from benchmarks.vpn2_profile import Vpn2Rounds
-from path_controller.bondwatch import LinkFacts
+from netlink_adapter.ip6tnl import ARPHRD_TUNNEL6
+from netlink_adapter.links import LinkFacts
 from path_controller.core import (
     Answered,
     LinkChanged,
@@ -163,7 +164,7 @@ def test_networks_we_do_not_route_are_none_of_our_business():
 
 def test_a_tunnel_removed_makes_it_read_the_routes_again():
     core = consistent_core()
-    gone = LinkChanged(0.02, LinkFacts(TUNNEL_INDEX, "bond0-ip6tnl0", None, None, None), removed=True)
+    gone = LinkChanged(0.02, LinkFacts(TUNNEL_INDEX, "bond0-ip6tnl0", None, None, None, False, ARPHRD_TUNNEL6), removed=True)
     assert ReadRoutes(0) in core.handle(gone)
 
 

@@ -3,16 +3,24 @@ datagrams in, kernel operations out, readiness and metrics."""
 
 import errno
 from ipaddress import IPv6Address, ip_network
+from socket import AF_INET, AF_INET6
 
 import pytest
-from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.arp import ARPHRD_ETHER
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 
 from announcement import encode
 from bonding.plan import AddressPlan
+from netlink_adapter.errors import KernelError
+from netlink_adapter.events import LinkEvent, RouteEvent
+from netlink_adapter.headers import LinkHeader, RouteHeader
+from netlink_adapter.ip6tnl import ARPHRD_TUNNEL6
+from netlink_adapter.links import Ensured, LinkFacts
+from netlink_adapter.routes import RT_TABLE_MAIN, RTN_UNICAST, RouteFacts
 from tunnel_controller.config import TunnelSettings
 from tunnel_controller.controller import TunnelController
 from tunnel_controller.desired import TunnelSpec
-from tunnel_controller.netlink import Found, FoundRoute, FoundTunnel, LinkDown, LinkGone, RouteGone
+from tunnel_controller.netlink import Found, FoundRoute, FoundTunnel, may_break_tunnels
 
 PLAN = AddressPlan.from_text()
 LOCAL = PLAN.shoot_client(0)
@@ -43,7 +51,7 @@ class FakeKernel:
 
     def _check(self, op: str) -> None:
         if op in self.fail:
-            raise NetlinkError(errno.EBUSY, f"{op} refused")
+            raise KernelError(errno.EBUSY, f"{op} refused")
 
     async def bond_addresses(self):
         return []
@@ -65,12 +73,12 @@ class FakeKernel:
             if not current[2]:
                 self.tunnels[spec.name] = (current[0], spec, True)
                 self.log.append(f"link set {spec.name} up")
-                return current[0], "adjusted"
-            return current[0], "kept"
+                return current[0], Ensured.ADJUSTED
+            return current[0], Ensured.KEPT
         self._next_index += 1
         self.tunnels[spec.name] = (self._next_index, spec, True)
         self.log.append(f"link add {spec.name} remote {spec.remote}")
-        return self._next_index, "created"
+        return self._next_index, Ensured.CREATED
 
     async def replace_route(self, dst, index):
         self._check("replace")
@@ -94,6 +102,18 @@ class FakeKernel:
 
     def _name(self, index):
         return next(name for name, (i, _, _) in self.tunnels.items() if i == index)
+
+
+def link_gone(index: int, name: str) -> LinkEvent:
+    return LinkEvent(LinkFacts(index, name, None, None, None, up=False, device_type=ARPHRD_TUNNEL6), deleted=True)
+
+
+def link_down(index: int) -> LinkEvent:
+    return LinkEvent(LinkFacts(index, "", None, False, None, up=False, device_type=ARPHRD_TUNNEL6), deleted=False)
+
+
+def route_gone(dst, index: int) -> RouteEvent:
+    return RouteEvent(RouteFacts(dst, index, proto=119, table=RT_TABLE_MAIN, type=RTN_UNICAST), deleted=True)
 
 
 def controller(**env) -> tuple[TunnelController, FakeKernel, FakeClock]:
@@ -270,7 +290,7 @@ async def test_kernel_events_lead_to_repairs():
     index = kernel.tunnels[TA][0]
     del kernel.tunnels[TA]
     kernel.routes.clear()
-    ctl.reconciler.on_kernel_event(LinkGone(index, TA))
+    ctl.reconciler.on_kernel_event(link_gone(index, TA))
     assert ctl.readiness()[0] is False
     await ctl.reconciler.reconcile()
     assert kernel.log == [f"link add {TA} remote {A}", f"route replace 10.96.0.1/32 dev {TA}",
@@ -278,10 +298,10 @@ async def test_kernel_events_lead_to_repairs():
     kernel.log.clear()
     index = kernel.tunnels[TA][0]
     del kernel.routes[ip_network("fd00::1/128")]
-    ctl.reconciler.on_kernel_event(RouteGone(ip_network("fd00::1/128"), index))
-    ctl.reconciler.on_kernel_event(RouteGone(ip_network("10.96.9.9/32"), index))  # not ours: ignored
+    ctl.reconciler.on_kernel_event(route_gone(ip_network("fd00::1/128"), index))
+    ctl.reconciler.on_kernel_event(route_gone(ip_network("10.96.9.9/32"), index))  # not ours: ignored
     kernel.tunnels[TA] = (index, kernel.tunnels[TA][1], False)
-    ctl.reconciler.on_kernel_event(LinkDown(index))
+    ctl.reconciler.on_kernel_event(link_down(index))
     await ctl.reconciler.reconcile()
     assert kernel.log == [f"link set {TA} up", f"route replace 10.96.0.1/32 dev {TA}",
                           f"route replace fd00::1/128 dev {TA}"]
@@ -299,11 +319,11 @@ async def test_only_devices_the_controller_knows_nothing_of_are_expected_to_be_n
     assert kernel.expected_new == [TA], "the leftover is known: looked at first, not created blindly"
     index = kernel.tunnels[TA][0]
     kernel.tunnels[TA] = (index, kernel.tunnels[TA][1], False)
-    ctl.reconciler.on_kernel_event(LinkDown(index))
+    ctl.reconciler.on_kernel_event(link_down(index))
     await ctl.reconciler.reconcile()
     assert kernel.expected_new == [TA], "a device set down is still known"
     del kernel.tunnels[TA]
-    ctl.reconciler.on_kernel_event(LinkGone(index, TA))
+    ctl.reconciler.on_kernel_event(link_gone(index, TA))
     await ctl.reconciler.reconcile()
     assert kernel.expected_new == [TA, TA], "a deleted device is expected to be absent"
 
@@ -322,3 +342,25 @@ async def test_resync_catches_what_events_missed():
     assert ctl.metrics.repairs.labels("tunnel")._value.get() == 1
     assert ctl.registry.get(B).adopted, "adopted like at start: it expires unless announced"
     assert ctl.metrics.resyncs._value.get() == 1
+
+
+def test_only_events_that_can_break_tunnels_are_decoded():
+    wanted = may_break_tunnels(watched={7}.__contains__)
+
+    def link(deleted: bool, index: int = 7, up: bool = False, device_type: int = ARPHRD_TUNNEL6) -> LinkHeader:
+        return LinkHeader(deleted, 0, device_type, index, IFF_UP if up else 0)
+
+    def route(deleted: bool = True, family=AF_INET, dst_len=32, table=RT_TABLE_MAIN, kind=RTN_UNICAST) -> RouteHeader:
+        return RouteHeader(deleted, family, dst_len, table, 119, 0, kind, 0)
+
+    assert wanted(link(deleted=True, index=99)), "any ip6tnl deleted: the view knows which are ours"
+    assert wanted(link(deleted=False)), "ours set down"
+    assert not wanted(link(deleted=False, index=99)), "someone else's set down"
+    assert not wanted(link(deleted=False, up=True)), "ours changed, still up"
+    assert not wanted(link(deleted=True, device_type=ARPHRD_ETHER)), "not a tunnel"
+    assert wanted(route()) and wanted(route(family=AF_INET6, dst_len=128))
+    assert not wanted(route(deleted=False)), "additions need no repair"
+    assert not wanted(route(family=AF_INET6, dst_len=32)), "no host route"
+    assert not wanted(route(dst_len=24))
+    assert not wanted(route(table=255)), "the local table"
+    assert not wanted(route(kind=RTN_UNICAST + 1))

@@ -1,0 +1,22 @@
+"""The one netlink adapter of ``bonding``, both daemons and the tests' helpers.
+
+Thin async functions over pyroute2's ``AsyncIPRoute`` that return plain
+values and raise the domain errors of ``errors``:
+
+- ``errors``: errno → ``NotFound`` / ``AlreadyExists`` / ``KernelFeatureMissing`` /
+  ``EventsLost``; ``KERNEL_ERRORS``, the tuple callers catch.
+- ``links``: lookups, ``LinkFacts``, deletes, kernel features, taps, ``Ensured``.
+- ``bond``, ``ip6tnl``, ``addresses``: the devices and addresses of the bond network.
+- ``routes``: ``RouteFacts`` dumps, replace, idempotent delete.
+- ``events``: ``EventStream``, typed link and route events behind a fixed-header pre-filter.
+- ``headers``: those fixed headers, read without pyroute2's decoder.
+
+``AsyncIPRoute`` is re-exported so callers need no pyroute2 import to open a handle.
+"""
+
+from pyroute2 import AsyncIPRoute
+
+# Registers the bond attributes pyroute2 lacks before anything parses a link message.
+from netlink_adapter import bond as _bond  # noqa: F401
+
+__all__ = ["AsyncIPRoute"]
