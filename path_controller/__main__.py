@@ -39,6 +39,9 @@ async def serve(settings: PathControllerSettings, key: bytes | None, stop: async
     try:
         try:
             await controller.start()
+            # Every target's series from the start, at 0 (PathController can pass
+            # targets= to PathMetrics instead; this is idempotent).
+            controller.metrics.add_targets(len(settings.targets))
             await http.start()
         except PingSocketUnavailable as exc:
             print(f"{PROGRAM}: {exc}", file=sys.stderr)
