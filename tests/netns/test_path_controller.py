@@ -153,7 +153,8 @@ async def test_no_switch_under_20_percent_loss(lab):
             moved.append(time.monotonic())
         await asyncio.sleep(0.5)
     result = await ping.result()
-    assert_loss_near(result.lost, result.transmitted, round_trip_loss(LOSS_EACH_WAY), "pings through the lossy path")
+    measured = assert_loss_near(result.lost, result.transmitted, round_trip_loss(LOSS_EACH_WAY), "pings through the lossy path")
+    print(f"round-trip loss measured by {result.transmitted} pings: {measured:.1%}")
     assert not moved, f"routes left the primary under loss ({len(moved)} checks)"
     metrics = await lab.metrics()
     assert nsutil.metric_value(metrics, "path_controller_switches_total", reason="primary down") == 0

@@ -516,7 +516,7 @@ async def test_a_flood_leaves_the_daemon_responsive(make_netns, ipr_factory, pro
         status, body = await http_get(lab.shoot.ns, "/healthz", timeout=10)
         latencies.append(time.monotonic() - started)
         assert (status, body) == (200, "ok\n")
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # the sampling interval while the flood lasts
     assert len(latencies) >= 5, "probed during the flood"
     assert max(latencies) < 5.0, latencies
     await nsutil.wait_for(lambda: host_routes_has(lab, "10.96.0.1/32"), timeout=20, message="legit peer")
@@ -540,7 +540,7 @@ async def settled_rss_kib(pid: int, tolerance_kib: int = 256) -> int:
         readings.append(rss_kib(pid))
         return abs(readings[-1] - readings[-2]) <= tolerance_kib
 
-    await nsutil.wait_for(settled, timeout=15, interval=0.25, message=f"RSS settled (readings {readings})")
+    await nsutil.wait_for(settled, timeout=15, interval=0.25, message=f"two RSS readings within {tolerance_kib} KiB")
     return readings[-1]
 
 
