@@ -2,7 +2,7 @@
 and vpn2's probe timing side by side in one run.
 
     .venv/bin/python -m kernel_sandbox --timeout 5400 --mem 6G -- .venv/bin/python -m benchmarks.end_to_end \
-        [--runs 10] [--loss-seconds 600] [--idle-seconds 60] [--scenarios shoot,server,...]
+        [--runs 10] [--loss-seconds 600] [--idle-seconds 60] [--scenarios shoot,server,...] [--check]
 
 Four kube-apiservers: two run our path-controller, two run the vpn2 timing
 profile (benchmarks/vpn2_profile.py: 2 s rounds, 10 × 1 s tries, rounds wait
@@ -16,8 +16,9 @@ fail-back to tap0); vpn-seed-server black-holed
 (TCP stays up) without and with the bond's NS monitor; 20 % loss both ways on
 the busiest vpn-shoot's VPN path for --loss-seconds (false switches); 20 %
 loss on its underlay link (OpenVPN's TCP turns it into stalls of seconds),
---underlay-onsets times. Also: RSS and CPU of each daemon while idle. Prints a table and one JSON line; writes
-results/end_to_end.json.
+--underlay-onsets times. Also: RSS and CPU of each daemon while idle. Prints a table with each
+figure's target (benchmarks/targets.py) and one JSON line; writes results/end_to_end.json.
+``--check`` exits 1 when a figure of ours misses its target (the vpn2 profile has none).
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks import targets
 from benchmarks.common import RESULTS, Namespaces, cpu_seconds, environment, rss_mib, summary, write_result
 from tests.netns import nsutil
+from tests.netns.faults import round_trip_loss
 from tests.netns.ha_topology import NS_MONITOR, SHOOT_POD, SHOOT_POD6, SHOOT_TARGETS, HaTopology
 from tests.netns.traffic import TcpEchoServer, TcpStream, UdpEchoServer, UdpStream
 
@@ -84,7 +88,7 @@ class Bench:
 
     async def switches(self) -> dict[str, float]:
         return {
-            api.name: await self.topo.metric(api, "path_controller_switches_total", reason="primary down") or 0.0
+            api.name: await self.topo.metric(api, "path_controller_switches_total", reason="primary down")
             for api in self.topo.apiservers
         }
 
@@ -221,13 +225,22 @@ async def busiest_shoot(topo: HaTopology):
     return topo.shoots[max(set(primaries), key=primaries.count)]
 
 
-async def path_loss(bench: Bench, seconds: float) -> dict[str, float]:
-    """20 % loss each way inside the VPN (the vpn-shoot's taps)."""
+async def path_loss(bench: Bench, seconds: float) -> tuple[dict[str, float], float]:
+    """20 % loss each way inside the VPN (the vpn-shoot's taps): the switches per profile,
+    and the loss the streams through that vpn-shoot measured (to show it was there)."""
     shoot = await busiest_shoot(bench.topo)
+    through = [bench.streams[api.name] for api in bench.topo.apiservers
+               if await bench.topo.primary_of(api) == shoot.index]
     log(f"  20 % loss both ways on {shoot.name}'s VPN path for {seconds:.0f} s")
-    return await count_switches(
+    t0 = time.monotonic()
+    switches = await count_switches(
         bench, lambda: bench.topo.path_netem(shoot, "loss 20%"), seconds, lambda: bench.topo.path_netem(shoot, None)
     )
+    counts = [stream.loss(t0 + 0.5, t0 + seconds - 1.0) for stream in through]  # inside the lossy window
+    lost, sent = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    measured = lost / sent if sent else float("nan")
+    log(f"  measured round-trip loss {100 * measured:.1f} % (expected {100 * round_trip_loss(0.2):.0f} %)")
+    return switches, measured
 
 
 async def underlay_loss(bench: Bench, onsets: int, seconds: float) -> list[dict[str, float]]:
@@ -246,7 +259,7 @@ async def underlay_loss(bench: Bench, onsets: int, seconds: float) -> list[dict[
     return results
 
 
-async def resources(topo: HaTopology, seconds: float) -> dict[str, dict]:
+async def resources(topo: HaTopology, seconds: float, profiles: dict[str, str]) -> dict[str, dict]:
     members = [(m, "path-controller") for m in topo.apiservers] + [(m, "tunnel-controller") for m in topo.shoots]
     start = {(m.name, role): cpu_seconds(m.pid(role)) for m, role in members}
     t0 = time.monotonic()
@@ -256,6 +269,7 @@ async def resources(topo: HaTopology, seconds: float) -> dict[str, dict]:
         f"{m.name} {role}": {
             "rss_mib": rss_mib(m.pid(role)),
             "cpu_percent_of_one_core": 100 * (cpu_seconds(m.pid(role)) - start[(m.name, role)]) / elapsed,
+            "profile": profiles.get(m.name, OURS),
         }
         for m, role in members
     }
@@ -284,11 +298,12 @@ async def run(args) -> dict:
 
         chosen = set(args.scenarios.split(","))
         idle = shoot = server = blackhole_off = false_switches = underlay = None
+        measured_loss = None
         blackhole_on: dict[str, list[float]] = {}
         blackhole_switches: dict[str, dict[str, float]] = {}
         if "idle" in chosen:
             log("idle resources")
-            idle = await resources(topo, args.idle_seconds)
+            idle = await resources(topo, args.idle_seconds, profiles)
         if "shoot" in chosen:
             log("vpn-shoot killed")
             shoot = await shoot_killed(bench, args.runs)
@@ -306,7 +321,7 @@ async def run(args) -> dict:
             await topo.wait_converged()
         if "loss" in chosen:
             log("loss")
-            false_switches = await path_loss(bench, args.loss_seconds)
+            false_switches, measured_loss = await path_loss(bench, args.loss_seconds)
         if "underlay" in chosen:
             underlay = await underlay_loss(bench, args.underlay_onsets, args.underlay_seconds)
 
@@ -325,6 +340,7 @@ async def run(args) -> dict:
         "shoot_killed_seconds": shoot and {p: summary(v) for p, v in shoot.items()},
         "server_killed_seconds": server and {p: summary(v) for p, v in server.recoveries.items()},
         "server_killed_tcp_survived": server and f"{server.tcp_survived_kill}/{args.runs}",
+        "server_killed_tcp_broken": server and args.runs - server.tcp_survived_kill,
         "server_failback_longest_gap_seconds": server and {p: summary(v) for p, v in server.failback_gaps.items()},
         "server_failback_tcp_survived": server and f"{server.tcp_survived_failback}/{args.runs}",
         "server_kill_and_failback_switches": server and server.switches,
@@ -334,10 +350,32 @@ async def run(args) -> dict:
             "switches": blackhole_switches,
         },
         "false_switches": false_switches and {**false_switches, "seconds": args.loss_seconds, "loss_percent_each_way": 20,
-                                              "where": "inside the VPN (vpn-shoot taps)"},
+                                              "where": "inside the VPN (vpn-shoot taps)",
+                                              "measured_round_trip_loss": measured_loss},
         "underlay_loss_switches_per_onset": underlay,
         "first_announcement_to_back_route": announcement or "see benchmarks/tunnel_controller.py",
         "idle_resources": idle,
+    }
+
+
+RECOMMENDED_MONITOR = describe(NS_MONITOR)  # the black-hole target is about this one
+
+
+def figures(result: dict) -> dict[str, float | None]:
+    """Our figures that benchmarks/targets.py has targets for (None: scenario not run)."""
+    shoot, server = result["shoot_killed_seconds"], result["server_killed_seconds"]
+    black, false_switches, idle = result["server_blackholed_seconds"], result["false_switches"], result["idle_resources"]
+    recommended = [m for m in (black or {}).get("monitor_on", []) if m["monitor"] == RECOMMENDED_MONITOR]
+    ours = [values for values in (idle or {}).values() if values["profile"] == OURS]
+    return {
+        "shoot_killed_p99": shoot and 1000 * shoot[OURS]["p99"],
+        "server_killed_p99": server and 1000 * server[OURS]["p99"],
+        "server_killed_tcp_broken": result["server_killed_tcp_broken"],
+        "server_kill_switches": server and result["server_kill_and_failback_switches"][OURS],
+        "blackhole_monitor_p99": recommended[0]["p99"] * 1000 if recommended else None,
+        "false_switches": false_switches and false_switches[OURS],
+        "rss_max": max((v["rss_mib"] for v in ours), default=None),
+        "cpu_max": max((v["cpu_percent_of_one_core"] for v in ours), default=None),
     }
 
 
@@ -346,32 +384,44 @@ def print_table(result: dict) -> None:
     black, false_switches = result["server_blackholed_seconds"], result["false_switches"]
     underlay = result["underlay_loss_switches_per_onset"]
     ms = lambda s: f"{1000 * s['p50']:.0f} / {1000 * s['p99']:.0f} ms"  # noqa: E731
+
+    def t(key: str) -> str:
+        return targets.target("end_to_end", key).text
+
     rows = []
     if shoot:
-        rows.append(("vpn-shoot killed → traffic again, p50 / p99", ms(shoot[VPN2]), ms(shoot[OURS]), "≤ 500 ms p99"))
+        rows.append(("vpn-shoot killed → traffic again, p50 / p99", ms(shoot[VPN2]), ms(shoot[OURS]),
+                     f"{t('shoot_killed_p99')} p99"))
     if server:
-        rows.append(("vpn-seed-server killed → traffic again", ms(server[VPN2]), ms(server[OURS]), "≤ 300 ms"))
-        rows.append(("  open TCP stream survived", "", result["server_killed_tcp_survived"], "all"))
+        rows.append(("vpn-seed-server killed → traffic again, p50 / p99", ms(server[VPN2]), ms(server[OURS]),
+                     f"{t('server_killed_p99')} p99"))
+        rows.append(("  open TCP stream survived", "", result["server_killed_tcp_survived"],
+                     f"{t('server_killed_tcp_broken')}"))
         back = result["server_failback_longest_gap_seconds"]
         rows.append(("vpn-seed-server back → longest gap in fail-back", ms(back[VPN2]), ms(back[OURS]), "(measured)"))
         rows.append(("  open TCP stream survived kill and fail-back", "", result["server_failback_tcp_survived"], "(measured)"))
         flips = result["server_kill_and_failback_switches"]
-        rows.append(("  primary switches in all kills and fail-backs", f"{flips[VPN2]:.0f}", f"{flips[OURS]:.0f}", "0"))
+        rows.append(("  primary switches in all kills and fail-backs", f"{flips[VPN2]:.0f}", f"{flips[OURS]:.0f}",
+                     t("server_kill_switches")))
     if black:
         rows.append(("vpn-seed-server black-holed, no bond monitor", "", ms(black["monitor_off"]), "(documented)"))
         for measured in black["monitor_on"]:
-            rows.append((f"vpn-seed-server black-holed, {measured['monitor']}", "", ms(measured), "≤ 1 s"))
+            target = f"{t('blackhole_monitor_p99')} p99" if measured["monitor"] == RECOMMENDED_MONITOR else "(measured)"
+            rows.append((f"vpn-seed-server black-holed, {measured['monitor']}", "", ms(measured), target))
         for monitor, flips in black["switches"].items():
             rows.append((f"  primary switches, monitor {monitor}", f"{flips[VPN2]:.0f}", f"{flips[OURS]:.0f}", "(measured)"))
     if false_switches:
         rows.append((f"false switches, 20 % loss in the VPN, {false_switches['seconds']:.0f} s",
-                     f"{false_switches[VPN2]:.0f}", f"{false_switches[OURS]:.0f}", "0"))
+                     f"{false_switches[VPN2]:.0f}", f"{false_switches[OURS]:.0f}", t("false_switches")))
+        rows.append(("  round-trip loss the streams measured", "", f"{100 * false_switches['measured_round_trip_loss']:.1f} %",
+                     f"(injected: {100 * round_trip_loss(0.2):.0f} %)"))
     if underlay:
         rows.append(("switches per 20 % underlay-loss onset (TCP stalls)", " ".join(f"{o[VPN2]:.0f}" for o in underlay),
                      " ".join(f"{o[OURS]:.0f}" for o in underlay), "(measured)"))
     for name, values in (result["idle_resources"] or {}).items():
+        target = f"{t('rss_max')} / {t('cpu_max')}" if values["profile"] == OURS else "(vpn2 profile)"
         rows.append((f"{name}: RSS / idle CPU", "", f"{values['rss_mib']:.1f} MiB / {values['cpu_percent_of_one_core']:.2f} %",
-                     "≤ 50 MiB / ≤ 1 %"))
+                     target))
     width = max(len(r[0]) for r in rows)
     print(f"\n{'figure'.ljust(width)}  {'vpn2 profile':>18}  {'ours':>22}  target")
     for name, theirs, ours, target in rows:
@@ -380,7 +430,7 @@ def print_table(result: dict) -> None:
         print(f"vpn-shoot failover, vpn2 profile / ours (p50): {shoot[VPN2]['p50'] / shoot[OURS]['p50']:.1f}×")
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--loss-seconds", type=float, default=600)
@@ -392,17 +442,21 @@ def main() -> None:
     parser.add_argument("--underlay-seconds", type=float, default=60)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)")
+    targets.add_check_option(parser)
     args = parser.parse_args()
     if unknown := set(args.scenarios.split(",")) - set(SCENARIOS):
         parser.error(f"--scenarios: unknown {', '.join(sorted(unknown))}")
     if not all(value.isdigit() for value in args.ns_intervals.split(",")):
         parser.error("--ns-intervals: comma-separated milliseconds, e.g. 100,50")
     result = asyncio.run(run(args))
+    verdicts = targets.evaluate("end_to_end", figures(result))
+    result["targets"] = targets.as_json(verdicts)
     print_table(result)
     chosen = args.scenarios.split(",")
     # A partial run does not overwrite the full one's figures.
     write_result("end_to_end" if set(chosen) == set(SCENARIOS) else "end_to_end-" + "-".join(chosen), result)
+    return targets.report(verdicts, args.check)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

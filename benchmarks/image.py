@@ -1,7 +1,7 @@
 """What the image's own layers weigh and how fast its programs start, measured
 on the host without a container engine.
 
-    .venv/bin/python -m benchmarks.image [--runs 20]
+    .venv/bin/python -m benchmarks.image [--runs 20] [--check]
 
 Builds the venv exactly as the image's build stage does (tests/host/imagebuild.py:
 the same files, the same images/build-venv.sh), then reports
@@ -15,8 +15,10 @@ the same files, the same images/build-venv.sh), then reports
   bytecode the image has, and with none at all (every module compiled in
   memory at each start: what a read-only root filesystem costs without it).
 
-Writes results/image.json. The base image itself cannot be measured here;
-README ("Deploy") gives its estimate and how it was made.
+Writes results/image.json, with each figure's target (benchmarks/targets.py:
+regression bounds, since no issue states an image target); ``--check`` exits 1
+when one is missed. The base image itself cannot be measured here; README
+("Deploy") gives its estimate and how it was made.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import targets
 from tests.host import imagebuild
 
 RESULTS = imagebuild.REPO / "results"
@@ -84,9 +87,18 @@ def stdlib_bytecode(venv: Path, scratch: Path) -> int:
     return sum(p.stat().st_size for p in prefix.rglob("*.pyc") if str(venv) not in str(p))
 
 
-def main() -> None:
+def figures(result: dict) -> dict[str, float]:
+    """The figures benchmarks/targets.py has targets for, in their units."""
+    return {
+        "venv_gzip_tar": result["sizes"]["venv_gzip_tar_bytes"] / (1024 * 1024),
+        "startup_cpu_max": 1000 * max(row["cpu_median_s"] for row in result["startup"].values()),
+    }
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20, help="start-ups per case (default 20)")
+    targets.add_check_option(parser)
     args = parser.parse_args()
 
     load_before = os.getloadavg()
@@ -132,22 +144,27 @@ def main() -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
+    verdicts = targets.evaluate("image", figures(result))
+    result["targets"] = targets.as_json(verdicts)
     mib = 1024 * 1024
     print(f"{result['python']} ({result['interpreter']}); {result['machine']}")
     print(f"venv on disk            {sizes['venv_bytes'] / mib:6.1f} MiB (bytecode {sizes['venv_bytecode_bytes'] / mib:.1f} MiB)")
-    print(f"venv as gzip'd tar      {sizes['venv_gzip_tar_bytes'] / mib:6.1f} MiB")
+    print(f"venv as gzip'd tar      {sizes['venv_gzip_tar_bytes'] / mib:6.1f} MiB   target "
+          f"{targets.target('image', 'venv_gzip_tar').text}")
     print(f"site-packages           {sizes['site_packages_bytes'] / mib:6.1f} MiB: "
           + ", ".join(f"{n} {b / mib:.1f}" for n, b in sizes["largest"]))
     print(f"stdlib bytecode (RUN)   {sizes['stdlib_bytecode_bytes'] / mib:6.1f} MiB")
     print(f"load average (1 min) before/after: {result['load'][0]:.2f} / {result['load'][1]:.2f}")
-    print(f"start-up, exec to exit, median of {args.runs}     wall (max)     CPU   | no bytecode: wall    CPU")
+    print(f"start-up, exec to exit, median of {args.runs}     wall (max)     CPU   | no bytecode: wall    CPU"
+          f"   (target: CPU {targets.target('image', 'startup_cpu_max').text} each)")
     for name, row in startup.items():
         print(f"  {name:32s} {row['wall_median_s'] * 1000:5.0f} ms ({row['wall_max_s'] * 1000:4.0f})"
               f" {row['cpu_median_s'] * 1000:5.0f} ms |  {row['no_bytecode_wall_median_s'] * 1000:7.0f} ms"
               f" {row['no_bytecode_cpu_median_s'] * 1000:5.0f} ms")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "image.json").write_text(json.dumps(result, indent=2) + "\n")
+    return targets.report(verdicts, args.check)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """Benchmark of the path-controller on a real kernel (bond topology, no OpenVPN).
 
     .venv/bin/python -m kernel_sandbox -- .venv/bin/python -m benchmarks.path_controller \
-        [--runs 20] [--loss-seconds 600] [--idle-seconds 60]
+        [--runs 20] [--loss-seconds 600] [--idle-seconds 60] [--check]
 
 Measures, with the default settings:
 * switch time: the primary vpn-shoot disappears from every server (its
@@ -10,17 +10,19 @@ Measures, with the default settings:
 * false switches while the primary's path loses 20 % in both directions;
 * probes per second per target, idle and under loss;
 * RSS and CPU (share of one core) of the daemon while idle.
-Prints a table and writes results/path_controller.json.
+Prints a table with each figure's target (benchmarks/targets.py) and writes
+results/path_controller.json; ``--check`` exits 1 when a target is missed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
+import sys
 import time
 from ipaddress import ip_network
 
+from benchmarks import targets
 from benchmarks.common import Namespaces, cpu_seconds, environment, rss_mib, summary, write_result
 from netlink_adapter.events import EventStream
 from tests.netns import nsutil
@@ -40,7 +42,7 @@ async def metrics(ns: str) -> str:
 
 
 async def metric(ns: str, name: str, **labels) -> float:
-    return nsutil.metric_value(await metrics(ns), name, **labels) or 0.0
+    return nsutil.metric_value(await metrics(ns), name, **labels)
 
 
 class RouteWatch:
@@ -158,6 +160,7 @@ async def run(args) -> dict:
             loss_rate = (
                 await metric(seed.ns, "path_controller_probes_sent_total", target=str(primary)) - sent0
             ) / loss_elapsed
+            dropped = lab.netem_counters(shoots[primary])  # what the loss really was
             lab.netem(shoots[primary], None)
             rss_after = rss_mib(pid)
         finally:
@@ -173,9 +176,22 @@ async def run(args) -> dict:
             "seconds": loss_elapsed,
             "false_switches": false_switches,
             "probes_per_second_on_lossy_target": loss_rate,
+            "netem_dropped_share": dropped.dropped / max(1, dropped.sent + dropped.dropped),
         },
         "idle": idle,
         "rss_mib_at_end": rss_after,
+    }
+
+
+def figures(result: dict) -> dict[str, float]:
+    """The figures benchmarks/targets.py has targets for, in their units."""
+    return {
+        "switch_p99": 1000 * result["switch_seconds"]["p99"],
+        "false_switches": result["loss"]["false_switches"],
+        "probes_per_second_idle": result["idle"]["probes_per_second_per_target"],
+        "probes_per_second_loss": result["loss"]["probes_per_second_on_lossy_target"],
+        "rss": result["idle"]["rss_mib"],
+        "idle_cpu": result["idle"]["cpu_percent_of_one_core"],
     }
 
 
@@ -183,33 +199,44 @@ def print_table(result: dict) -> None:
     s = result["switch_seconds"]
     loss = result["loss"]
     idle = result["idle"]
+
+    def target(key: str) -> str:
+        return targets.target("path_controller", key).text
+
     rows = [
-        ("primary vpn-shoot dies → all routes moved, p50", f"{1000 * s['p50']:.0f} ms", "≤ 500 ms (p99)"),
-        ("  p99 / max over " + str(s["n"]) + " runs", f"{1000 * s['p99']:.0f} / {1000 * s['max']:.0f} ms", ""),
-        (f"false switches, {loss['percent_each_way']} % loss each way, {loss['seconds']:.0f} s",
-         f"{loss['false_switches']:.0f}", "0"),
-        ("probes/s per target, idle / under loss",
-         f"{idle['probes_per_second_per_target']:.1f} / {loss['probes_per_second_on_lossy_target']:.1f}", "≤ 50"),
-        ("RSS", f"{idle['rss_mib']:.1f} MiB", "≤ 50 MiB"),
-        ("idle CPU (one core)", f"{idle['cpu_percent_of_one_core']:.2f} %", "≤ 1 %"),
+        ("primary vpn-shoot dies → all routes moved, p50", f"{1000 * s['p50']:.0f} ms", ""),
+        ("  p99 / max over " + str(s["n"]) + " runs", f"{1000 * s['p99']:.0f} / {1000 * s['max']:.0f} ms",
+         f"{target('switch_p99')} (p99)"),
+        (f"false switches, {loss['percent_each_way']:g} % loss each way, {loss['seconds']:.0f} s",
+         f"{loss['false_switches']:.0f}", target("false_switches")),
+        ("  packets the loss dropped (netem counters)", f"{100 * loss['netem_dropped_share']:.1f} %", ""),
+        ("probes/s per target, idle", f"{idle['probes_per_second_per_target']:.1f}", target("probes_per_second_idle")),
+        ("probes/s to the lossy target", f"{loss['probes_per_second_on_lossy_target']:.1f}",
+         target("probes_per_second_loss")),
+        ("RSS", f"{idle['rss_mib']:.1f} MiB", target("rss")),
+        ("idle CPU (one core)", f"{idle['cpu_percent_of_one_core']:.2f} %", target("idle_cpu")),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"\n{'figure'.ljust(width)}  {'measured':>18}  target")
-    for name, value, target in rows:
-        print(f"{name.ljust(width)}  {value:>18}  {target}")
+    for name, value, target_text in rows:
+        print(f"{name.ljust(width)}  {value:>18}  {target_text}")
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--loss-seconds", type=float, default=600)
     parser.add_argument("--loss-percent", type=float, default=20)
     parser.add_argument("--idle-seconds", type=float, default=60)
+    targets.add_check_option(parser)
     args = parser.parse_args()
     result = asyncio.run(run(args))
+    verdicts = targets.evaluate("path_controller", figures(result))
+    result["targets"] = targets.as_json(verdicts)
     print_table(result)
     write_result("path_controller", result)
+    return targets.report(verdicts, args.check)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

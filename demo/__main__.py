@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from benchmarks.common import Namespaces
+from path_controller.probe import Health
 from tests.netns import nsutil
 from tests.netns.ha_topology import SHOOT_POD, SHOOT_TARGETS, HaTopology
 from tests.netns.traffic import UdpEchoServer, UdpStream
@@ -43,19 +44,19 @@ async def view(topo: HaTopology) -> None:
         cells = []
         for j, _shoot in enumerate(topo.shoots):
             state = next(
-                (s for s in ("up", "suspect", "down", "rising", "unknown")
-                 if nsutil.metric_value(metrics, "path_controller_target_state", target=str(j), path_controller_target_state=s) == 1),
+                (h.value for h in Health
+                 if nsutil.metric_value(metrics, "path_controller_target_state", target=str(j), path_controller_target_state=h.value) == 1),
                 "?",
             )
-            total = nsutil.metric_value(metrics, "path_controller_probe_rtt_seconds_sum", target=str(j)) or 0
-            count = nsutil.metric_value(metrics, "path_controller_probe_rtt_seconds_count", target=str(j)) or 0
+            total = nsutil.metric_value(metrics, "path_controller_probe_rtt_seconds_sum", target=str(j))
+            count = nsutil.metric_value(metrics, "path_controller_probe_rtt_seconds_count", target=str(j))
             # RTT of the answers since the previous view, not since start: a dead target shows "-".
             last_total, last_count = _rtt_seen.get((api.name, j), (0.0, 0.0))
             _rtt_seen[(api.name, j)] = (total, count)
             answers = count - last_count
             rtt = f"{1000 * (total - last_total) / answers:.1f} ms" if answers else "-"
             cells.append(f"{state:<8} rtt {rtt:<10}")
-        where = f"vpn-shoot-{int(primary)}" if primary is not None and primary >= 0 else "-"
+        where = f"vpn-shoot-{int(primary)}" if primary >= 0 else "-"
         print(f"  {api.name:<20} {where:<12} " + "  ".join(f"{c:<22}" for c in cells))
     print()
     for shoot in topo.shoots:

@@ -19,6 +19,7 @@ from netlink_adapter.links import LinkFacts
 SLAVE_LOST_CARRIER = "slave_lost_carrier"
 SLAVE_GAINED_CARRIER = "slave_gained_carrier"
 ACTIVE_SLAVE_CHANGED = "active_slave_changed"
+FAILOVER_EVENTS = (SLAVE_LOST_CARRIER, SLAVE_GAINED_CARRIER, ACTIVE_SLAVE_CHANGED)
 
 
 class BondWatch:

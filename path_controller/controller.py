@@ -121,7 +121,7 @@ class PathController:
         self.core = PathCore(core_config(settings, self.route_plan.networks), policy(settings, now), now)
         self.kernel = Kernel(ipr, settings.route_protocol)
         self.registry = registry or CollectorRegistry()
-        self.metrics = PathMetrics(self.registry)
+        self.metrics = PathMetrics(self.registry, targets=len(self.targets))
         self.pinger = Pinger(self._on_answer, self._on_lost, clock=clock)
         self.announcer = Announcer()
         self.heartbeats = Heartbeats(clock)

@@ -1,16 +1,25 @@
-"""Prometheus metrics of the path-controller (labels: target index, reason — bounded)."""
+"""Prometheus metrics of the path-controller (labels: target index, reason — bounded).
+
+Every labelled series is exported from the start, at 0, for every value its
+label can take (targets 0..N-1, switch reasons, bond events): "never happened"
+reads as 0, and a query for a name that does not exist stays visibly empty.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
 
+from path_controller.bondwatch import FAILOVER_EVENTS
 from path_controller.probe import Health
+from path_controller.selection import SWITCH_REASONS
 
 RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class PathMetrics:
-    def __init__(self, registry: CollectorRegistry):
+    def __init__(self, registry: CollectorRegistry, targets: int = 0):
+        """``targets``: how many vpn-shoots are probed (their series are exported from the
+        start); 0 leaves that to ``add_targets``."""
         ns = "path_controller"
         self.target_up = Gauge(f"{ns}_target_up", "1 if the vpn-shoot answers probes (up or suspect).", ["target"], registry=registry)
         self.target_state = Enum(
@@ -42,3 +51,19 @@ class PathMetrics:
         self.announcement_errors = Counter(f"{ns}_announcement_errors_total", "Announcements the kernel refused.", ["target"], registry=registry)
         self.primary.set(-1)
         self.routes_consistent.set(0)
+        for reason in SWITCH_REASONS:
+            self.switches.labels(reason)
+        for event in FAILOVER_EVENTS:
+            self.bond_failovers.labels(event)
+        self.add_targets(targets)
+
+    def add_targets(self, count: int) -> None:
+        """Export the per-target series of targets 0..count-1 (idempotent): counters and the
+        RTT histogram at 0, target_up 0 and target_state "unknown" until the first verdict.
+        The dead-interval and lost-probe-deadline gauges appear with their first value: 0
+        would be a wrong one."""
+        per_target = (self.target_up, self.target_state, self.rtt, self.probes_sent, self.probes_lost,
+                      self.probe_send_errors, self.announcements, self.announcement_errors)
+        for j in range(count):
+            for metric in per_target:
+                metric.labels(j)

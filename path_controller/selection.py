@@ -28,6 +28,10 @@ from typing import Protocol
 
 from path_controller.probe import Health
 
+INITIAL = "initial"  # the first primary (nothing to adopt)
+PRIMARY_DOWN = "primary down"
+SWITCH_REASONS = (INITIAL, PRIMARY_DOWN)
+
 
 def preference_order(identity: str, targets: int) -> list[int]:
     """Rotation of ``range(targets)`` starting at sha256(identity) mod targets."""
@@ -47,7 +51,7 @@ class TargetView(Protocol):
 class Switch:
     old: int | None
     new: int
-    reason: str  # "initial" | "primary down"
+    reason: str  # one of SWITCH_REASONS
 
 
 class PathSelector:
@@ -78,7 +82,7 @@ class PathSelector:
         primary = targets[self.primary]
         for candidate in healthy:
             if primary.outlasted_by(targets[candidate], now):
-                return self._switch(candidate, "primary down")
+                return self._switch(candidate, PRIMARY_DOWN)
         return None  # the others were silent too: wait until one answers while the primary does not
 
     def _first_choice(self, states: Mapping[int, Health], now: float) -> Switch | None:
@@ -86,7 +90,7 @@ class PathSelector:
         for candidate in self.order:
             state = states[candidate]
             if state.healthy:
-                return self._switch(candidate, "initial")
+                return self._switch(candidate, INITIAL)
             if state is Health.UNKNOWN and in_grace:
                 return None  # wait for the preferred target's verdict
         return None

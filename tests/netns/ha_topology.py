@@ -26,6 +26,7 @@ from bonding.plan import AddressPlan, seed_client_index_for_pod
 from netlink_adapter.ip6tnl import dump_ip6tnl
 from netlink_adapter.links import link_by_index, link_by_name, link_facts
 from tests.netns import nsutil
+from tests.netns.faults import QdiscCounters, root_qdisc_counters
 from tests.netns.openvpn import MANAGEMENT_PORT, Pki, client_config, make_pki, server_config, up_script
 
 PLAN = AddressPlan.from_text()
@@ -285,13 +286,15 @@ class HaTopology:
     async def http(self, member: Member, path: str) -> tuple[int, str]:
         return await nsutil.http_get_async(member.ns, 8080, path)
 
-    async def metric(self, member: Member, name: str, **labels) -> float | None:
+    async def metric(self, member: Member, name: str, **labels) -> float:
+        """One sample of the member's /metrics; a name or label it does not export fails."""
         status, body = await self.http(member, "/metrics")
-        return nsutil.metric_value(body, name, **labels) if status == 200 else None
+        assert status == 200, f"{member.name}: /metrics answered {status}"
+        return nsutil.metric_value(body, name, **labels)
 
     async def primary_of(self, api: ApiServer) -> int | None:
         value = await self.metric(api, "path_controller_primary_target")
-        return None if value is None or value < 0 else int(value)
+        return None if value < 0 else int(value)
 
     async def ready(self, member: Member) -> bool:
         try:
@@ -381,6 +384,10 @@ class HaTopology:
                 f"tc qdisc add dev {tap} root netem {spec}",
             ]
             nsutil.run_in(member.ns, ["sh", "-c", " && ".join(commands)])
+
+    def underlay_counters(self, member: Member) -> QdiscCounters:
+        """What the netem qdiscs of ``underlay_netem`` passed and dropped, both directions."""
+        return root_qdisc_counters(self.underlay, member.outer) + root_qdisc_counters(member.ns, "eth0")
 
     def blackhole(self, member: Member, on: bool = True) -> None:
         """Drop everything on the member's underlay link; its TCP connections stay open."""

@@ -286,10 +286,27 @@ async def http_get_async(ns: str, port: int, path: str, **kwargs) -> tuple[int, 
     return await asyncio.to_thread(http_get, ns, port, path, **kwargs)
 
 
-def metric_value(text: str, name: str, **labels: str) -> float | None:
-    """The value of the sample ``name`` with exactly ``labels`` (in any order), or None."""
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return sample.value
-    return None
+def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample called ``name`` in a /metrics body."""
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of the sample ``name`` with exactly ``labels`` (in any order).
+
+    A sample that is not there fails the test: a renamed metric or label value
+    must not read as 0 (the daemons export every known label value from the start).
+    """
+    samples = metric_samples(text, name)
+    for sample_labels, value in samples:
+        if sample_labels == labels:
+            return value
+    exported = sorted(str(sample_labels) for sample_labels, _ in samples)
+    raise AssertionError(
+        f"no metric {name} with labels {labels}; exported under that name: {exported or 'nothing'}"
+    )

@@ -6,7 +6,9 @@ namespace; every peer namespace has ``eth<i>`` (a veth whose other end
 attributes and its address from the plan. Seed peers also get the
 ``bond0-ip6tnl<j>`` tunnels ``bonding setup`` makes. Failures are injected on
 the switch-side veth ends: ``cut`` (link down, like an OpenVPN client that
-lost its tap) and ``netem`` (loss or delay on the path, both directions).
+lost its tap; it returns once the peer's slave has lost carrier) and
+``netem`` (loss or delay on the path, both directions; ``netem_counters``
+shows what it dropped).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from netlink_adapter.bond import BondSpec, ensure_bond
 from netlink_adapter.ip6tnl import ensure_ip6tnl
 from netlink_adapter.links import link_index
 from tests.netns import nsutil
+from tests.netns.faults import QdiscCounters, root_qdisc_counters
 
 PLAN = AddressPlan.from_text()
 
@@ -49,6 +52,7 @@ class BondLab:
         self.switch_ns = ""
         self.switch: AsyncIPRoute | None = None
         self.peers: dict[str, Peer] = {}
+        self._peer_ipr: dict[str, AsyncIPRoute] = {}
 
     @classmethod
     async def create(cls, make_netns, ipr_factory, **kwargs) -> BondLab:
@@ -69,7 +73,7 @@ class BondLab:
     async def add_peer(self, name: str, side: str, index: int) -> Peer:
         address = PLAN.seed_client(index) if side == "seed" else PLAN.shoot_client(index)
         peer = Peer(name, self._make_netns(name[:6]), address, side, index)
-        ipr = await self._ipr_factory(peer.ns)
+        ipr = self._peer_ipr[name] = await self._ipr_factory(peer.ns)
         slaves = []
         for i in range(self.servers):
             outer = f"{name[:10]}s{i}"
@@ -103,12 +107,27 @@ class BondLab:
 
     async def cut(self, peer: Peer, server: int | None = None) -> None:
         """Take the peer off server ``server`` (all servers if None): its slave loses carrier."""
-        for i in range(self.servers) if server is None else [server]:
-            await self.switch.link("set", index=await self._outer(peer, i), state="down")
+        await self._set_paths(peer, server, up=False)
 
     async def restore(self, peer: Peer, server: int | None = None) -> None:
-        for i in range(self.servers) if server is None else [server]:
-            await self.switch.link("set", index=await self._outer(peer, i), state="up")
+        await self._set_paths(peer, server, up=True)
+
+    async def _set_paths(self, peer: Peer, server: int | None, up: bool) -> None:
+        """Switch-side ends up or down; returns once the peer's slaves show the carrier change."""
+        chosen = range(self.servers) if server is None else [server]
+        for i in chosen:
+            await self.switch.link("set", index=await self._outer(peer, i), state="up" if up else "down")
+
+        async def carriers_changed() -> bool:
+            return all([await self.carrier(peer, i) == up for i in chosen])
+
+        what = f"{peer.name}'s eth{'/'.join(map(str, chosen))} carrier {'back' if up else 'gone'}"
+        await nsutil.wait_for(carriers_changed, timeout=5, message=what)
+
+    async def carrier(self, peer: Peer, server: int) -> bool:
+        """Whether the peer's slave to server ``server`` has carrier (what its bond sees)."""
+        link = await links.link_by_name(self._peer_ipr[peer.name], f"eth{server}")
+        return bool(link.get("IFLA_CARRIER"))
 
     def netem(self, peer: Peer, spec: str | None, server: int | None = None) -> None:
         """Apply ``tc netem <spec>`` on both directions of the peer's path(s); None removes it."""
@@ -119,6 +138,14 @@ class BondLab:
                     nsutil.run_in(ns, ["tc", "qdisc", "del", "dev", dev, "root"], check=False)
                 else:
                     nsutil.run_in(ns, ["tc", "qdisc", "replace", "dev", dev, "root", "netem", *spec.split()])
+
+    def netem_counters(self, peer: Peer, server: int | None = None) -> QdiscCounters:
+        """What the netem qdiscs on the peer's path(s) passed and dropped, both directions."""
+        total = QdiscCounters()
+        for i in range(self.servers) if server is None else [server]:
+            total += root_qdisc_counters(self.switch_ns, f"{peer.name[:10]}s{i}")
+            total += root_qdisc_counters(peer.ns, f"eth{i}")
+        return total
 
     async def wait_reachable(self, src: Peer, dst: Peer, timeout: float = 10.0) -> None:
         """Until ``src`` gets an echo reply from ``dst``'s bond address."""
