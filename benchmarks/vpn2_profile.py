@@ -102,6 +102,9 @@ class Vpn2Rounds:
     def hold(self, until: float) -> None:
         pass  # vpn2 holds nothing while a bond fails over
 
+    def witness(self, target: int, now: float, hold: float, longest: float) -> None:
+        pass  # nor knows anything but its pings
+
     def gauges(self, target: int, now: float) -> dict[str, float]:
         return {}
 

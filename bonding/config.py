@@ -37,6 +37,11 @@ class BondingSettings(EnvSettings):
     seed_client_index: int | None = Field(
         None, ge=1, le=0xFFFF, description="seed side: explicit bond address index instead of the `POD_NAME` hash"
     )
+    bond_split_tolerant: bool = Field(
+        True,
+        description="`fail_over_mac none` + `all_slaves_active 1`: a peer on the other server still reaches this "
+        "pod (needed by server steering); `false`: vpn2's `fail_over_mac active`",
+    )
     # Opt-in monitor for failures carrier sensing cannot see (gardener #13649).
     bond_monitor: Literal["carrier", "ns"] = Field(
         "carrier",

@@ -46,6 +46,8 @@ class SetupReport:
 
 
 def bond_spec(settings: BondingSettings) -> BondSpec:
+    # vpn2's MAC handling (fail_over_mac active, backup slaves pass nothing up) unless split-tolerant.
+    macs = {} if settings.bond_split_tolerant else {"fail_over_mac": 1, "all_slaves_active": 0}
     if settings.bond_monitor == "ns":
         return BondSpec(
             mode=settings.bonding_mode,
@@ -53,8 +55,9 @@ def bond_spec(settings: BondingSettings) -> BondSpec:
             arp_validate=settings.bond_ns_validate,
             missed_max=settings.bond_ns_missed_max,
             ns_targets=tuple(settings.ns_targets),
+            **macs,
         )
-    return BondSpec(mode=settings.bonding_mode)
+    return BondSpec(mode=settings.bonding_mode, **macs)
 
 
 def tap_name(index: int) -> str:

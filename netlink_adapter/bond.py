@@ -52,7 +52,11 @@ class BondSpec:
     mode: str = "active-backup"
     miimon: int = 100
     use_carrier: int = 1
-    fail_over_mac: int = 1  # "active"
+    # "none" (0) and all_slaves_active make the bond split-tolerant: every slave has the
+    # bond's MAC and passes frames up, so a peer on the other server still reaches us
+    # (docs/server-steering.md). vpn2 has "active" (1) and 0.
+    fail_over_mac: int = 0
+    all_slaves_active: int = 1
     num_peer_notif: int = 5
     arp_interval: int = 0
     arp_validate: str = "none"
@@ -68,6 +72,7 @@ class BondSpec:
                 "mode": self.mode,
                 "use_carrier": self.use_carrier,
                 "fail_over_mac": self.fail_over_mac,
+                "all_slaves_active": self.all_slaves_active,
                 "num_peer_notif": self.num_peer_notif,
             }
         if self.ns_targets:
@@ -103,6 +108,7 @@ def bond_state(link) -> dict:
         "miimon": data.get("IFLA_BOND_MIIMON"),
         "use_carrier": data.get("IFLA_BOND_USE_CARRIER"),
         "fail_over_mac": data.get("IFLA_BOND_FAIL_OVER_MAC"),
+        "all_slaves_active": data.get("IFLA_BOND_ALL_SLAVES_ACTIVE"),
         "num_peer_notif": data.get("IFLA_BOND_NUM_PEER_NOTIF"),
         "primary": data.get("IFLA_BOND_PRIMARY"),
         "arp_interval": data.get("IFLA_BOND_ARP_INTERVAL"),
@@ -158,3 +164,11 @@ async def ensure_bond(ipr: AsyncIPRoute, name: str, spec: BondSpec, slaves: list
         await ipr.link("set", index=index, state="up")
         outcome = outcome.then_adjusted()
     return index, outcome
+
+
+@translated
+async def set_primary(ipr: AsyncIPRoute, bond: int, slave: int) -> None:
+    """Make ``slave`` the bond's primary. With ``primary_reselect always`` (vpn2's) the
+    bond moves to it at once if it has carrier, and comes back to it whenever it
+    regains carrier after a failover."""
+    await ipr.link("set", index=bond, kind="bond", bond_primary=slave)

@@ -60,6 +60,8 @@ class LinkFacts:
     active_slave: int | None  # bonds only
     up: bool  # administratively (IFF_UP)
     device_type: int  # ARPHRD_*
+    primary: int | None = None  # bonds only
+    mac: str | None = None
 
 
 def link_facts(msg) -> LinkFacts | None:
@@ -77,6 +79,8 @@ def link_facts(msg) -> LinkFacts | None:
         active_slave=data.get("IFLA_BOND_ACTIVE_SLAVE") if data else None,
         up=bool(msg["flags"] & IFF_UP),
         device_type=msg["ifi_type"],
+        primary=data.get("IFLA_BOND_PRIMARY") if data else None,
+        mac=msg.get("IFLA_ADDRESS"),
     )
 
 

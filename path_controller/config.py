@@ -15,16 +15,16 @@ from bonding.config import VpnNetwork
 from bonding.plan import DEFAULT_VPN_NETWORK, AddressPlan, parse_vpn_network
 from daemonkit.config import (
     Duration,
-    EnvSettings,
     IPAddress,
     IPAddressList,
     IPAddressValue,
     NetworkList,
     OptionalNetwork,
 )
+from steering.config import SteeringSettings
 
 
-class PathControllerSettings(EnvSettings):
+class PathControllerSettings(SteeringSettings):
     # --- vpn2's variables -------------------------------------------------
     vpn_network: VpnNetwork = Field(
         parse_vpn_network(DEFAULT_VPN_NETWORK),

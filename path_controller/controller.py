@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from announcement import encode
 from bonding.plan import seed_tunnel_name
+from daemonkit.effects import Log, Metric, apply_metric, write_log
 from daemonkit.lifecycle import Heartbeats
 from daemonkit.logs import RateLimiter
 from path_controller.config import PathControllerSettings
@@ -30,9 +31,8 @@ from path_controller.core import (
     CoreConfig,
     Effect,
     Event,
-    Log,
-    Metric,
     PathCore,
+    PeerAlive,
     ProbeExpired,
     ReadRoutes,
     RoutesRead,
@@ -53,8 +53,13 @@ from path_controller.probing import Probing, ProbePolicy
 from path_controller.routes import plan_routes
 from path_controller.selection import preference_order
 from path_controller.sockets import Announcer, Pinger
+from steering.beacon import Beacon
+from steering.core import SteeringConfig
+from steering.metrics import SteeringMetrics
+from steering.runner import SteeringRunner, SteeringUnavailable
 
 LOG = logging.getLogger("path_controller")
+WITNESS_EVERY = 0.05  # seconds between two PeerAlive events of one vpn-shoot
 
 # A policy for the core's probing, made at start: ours unless a benchmark brings vpn2's.
 PolicyFactory = Callable[[PathControllerSettings, float], ProbePolicy]
@@ -77,7 +82,9 @@ def probe_timing(settings: PathControllerSettings) -> ProbeTiming:
     )
 
 
-def core_config(settings: PathControllerSettings, networks) -> CoreConfig:
+def core_config(settings: PathControllerSettings, networks, steering: bool = False) -> CoreConfig:
+    """With server steering the core knows when a vpn-shoot is alive behind a failing
+    server (its beacons) and needs no guess from this node's own bond failing over."""
     targets = tuple(settings.targets)
     return CoreConfig(
         targets=targets,
@@ -86,7 +93,8 @@ def core_config(settings: PathControllerSettings, networks) -> CoreConfig:
         preference=tuple(preference_order(str(settings.pod_ip), len(targets))),
         # Long enough for the preferred target to be called up or down.
         startup_grace=settings.probe_dead_interval * 2,
-        failover_hold=settings.probe_failover_hold,
+        failover_hold=0.0 if steering else settings.probe_failover_hold,
+        witness_hold=2 * settings.steering_beacon_interval if steering else 0.0,
         route_resync_interval=settings.route_resync_interval,
         tunnel_names=tuple(seed_tunnel_name(j) for j in range(len(targets))),
     )
@@ -117,11 +125,13 @@ class PathController:
             settings.seed_pod_network,
             settings.all_pod_ips,
         )
-        now = clock()
-        self.core = PathCore(core_config(settings, self.route_plan.networks), policy(settings, now), now)
+        self.policy = policy
+        self.core: PathCore | None = None  # made at start, once it is known whether steering runs
         self.kernel = Kernel(ipr, settings.route_protocol)
         self.registry = registry or CollectorRegistry()
         self.metrics = PathMetrics(self.registry, targets=len(self.targets))
+        self.steering: SteeringRunner | None = None
+        self._witnessed: dict[int, float] = {}
         self.pinger = Pinger(self._on_answer, self._on_lost, clock=clock)
         self.announcer = Announcer()
         self.heartbeats = Heartbeats(clock)
@@ -134,6 +144,11 @@ class PathController:
 
     async def start(self) -> None:
         await self.pinger.open()
+        if self.settings.server_steering:
+            await self._start_steering()
+        now = self.clock()
+        config = core_config(self.settings, self.route_plan.networks, steering=self.steering is not None)
+        self.core = PathCore(config, self.policy(self.settings, now), now)
         try:
             found_links = tuple(await self.kernel.links())
         except KERNEL_ERRORS as exc:
@@ -153,14 +168,46 @@ class PathController:
             },
         )
 
-    def tasks(self) -> list:
-        return [self.pinger.run(), self._decision_loop(), self._route_worker(), self._event_loop(), self._announce_loop()]
+    async def _start_steering(self) -> None:
+        local = await self.kernel.bond_address()
+        if local is None:
+            LOG.warning("server steering off: bond0 has no address; the bond is left to the kernel, as with vpn2")
+            return
+        settings = self.settings
+        config = SteeringConfig(
+            local, settings.plan, settings.ha_vpn_servers, beacon_interval=settings.steering_beacon_interval,
+            dead_after=settings.steering_dead_after, settle=settings.steering_settle,
+        )
+        metrics = SteeringMetrics(self.registry, "path_controller", settings.ha_vpn_servers)
+        runner = SteeringRunner(config, self.kernel.ipr, metrics, key=self.key, clock=self.clock, wall_ms=self.wall_ms,
+                                on_beacon=self._on_beacon, heartbeats=self.heartbeats)
+        try:
+            await runner.start()
+        except SteeringUnavailable as exc:
+            LOG.warning(str(exc))
+            return
+        self.steering = runner
+
+    def tasks(self) -> dict:
+        loops = {
+            "echo-reader": self.pinger.run(), "decisions": self._decision_loop(), "routes": self._route_worker(),
+            "kernel-events": self._event_loop(), "announce": self._announce_loop(),
+        }
+        if self.steering is not None:
+            loops.update(self.steering.tasks())
+        return loops
 
     def close(self) -> None:
         self.pinger.close()
         self.announcer.close()
+        if self.steering is not None:
+            self.steering.close()
 
     def ready(self) -> tuple[bool, str]:
+        if self.core is None:
+            return False, "starting"
+        if self.steering is not None and (alone := self.steering.alone()) is not None:
+            return False, alone
         return self.core.ready()
 
     # --- events in ----------------------------------------------------------
@@ -173,6 +220,13 @@ class PathController:
         j = self.target_index.get(target)
         if j is not None:
             self.post(Answered(now, j, rtt))
+
+    def _on_beacon(self, beacon: Beacon, now: float) -> None:
+        """A vpn-shoot's beacon says it is alive (a few per probe interval at most)."""
+        j = self.target_index.get(beacon.sender)
+        if j is not None and now - self._witnessed.get(j, float("-inf")) >= WITNESS_EVERY:
+            self._witnessed[j] = now
+            self.post(PeerAlive(now, j))
 
     def _on_lost(self, target: IPv6Address) -> None:
         j = self.target_index.get(target)
@@ -216,9 +270,9 @@ class PathController:
             if isinstance(effect, SendProbe):
                 await self._send_probe(effect.target)
             elif isinstance(effect, Metric):
-                self._record(effect)
+                apply_metric(self.metrics, effect)
             elif isinstance(effect, Log):
-                LOG.log(effect.level, effect.message, extra=effect.fields)
+                write_log(LOG, effect)
             else:
                 self._route_work.put_nowait(effect)
 
@@ -227,19 +281,6 @@ class PathController:
             await self.pinger.send(self.targets[j])
         except OSError as exc:
             self.post(SendFailed(self.clock(), j, str(exc)))
-
-    def _record(self, effect: Metric) -> None:
-        metric = getattr(self.metrics, effect.name)
-        if effect.labels:
-            metric = metric.labels(*(str(label) for label in effect.labels))
-        if effect.op == "inc":
-            metric.inc(effect.value)
-        elif effect.op == "set":
-            metric.set(effect.value)
-        elif effect.op == "observe":
-            metric.observe(effect.value)
-        else:
-            metric.state(effect.value)
 
     async def _route_worker(self) -> None:
         self.heartbeats.register("routes", allowed_gap=self.settings.route_resync_interval * 3 + 5)

@@ -11,8 +11,10 @@ the daemon all drive this same object.
 What it decides:
 * probing: the probe policy (``probing.Probing``, or vpn2's timing) says
   which probes are due and which verdicts changed;
-* which vpn-shoot is primary (``selection.PathSelector``), holding verdicts
-  while this node's bond fails over (``bondwatch``);
+* which vpn-shoot is primary (``selection.PathSelector``), holding the down
+  verdict of a vpn-shoot that server steering still hears (it is alive, a
+  server between us failed and the bonds are moving), or, without steering,
+  holding verdicts while this node's bond fails over (``bondwatch``);
 * at start, which vpn-shoot the routes a previous instance left point to;
 * the routes: read the kernel's, compute the change (add before delete),
   write it, report the state reached, retry with backoff until the whole
@@ -25,10 +27,11 @@ from __future__ import annotations
 import logging
 from collections import Counter as Tally
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv6Address
 
 from daemonkit.backoff import Backoff
+from daemonkit.effects import Log, Metric
 from daemonkit.logs import RateLimiter
 from path_controller.bondwatch import BondWatch, LinkFacts
 from path_controller.probe import Health, Transition
@@ -71,6 +74,14 @@ class SendFailed:
 @dataclass(frozen=True)
 class ProbeExpired:
     """The socket gave up matching a probe: it was never answered."""
+
+    now: float
+    target: int
+
+
+@dataclass(frozen=True)
+class PeerAlive:
+    """Server steering heard vpn-shoot ``target``'s beacon through some server just now."""
 
     now: float
     target: int
@@ -121,7 +132,7 @@ class RoutesWritten:
 
 
 Event = (
-    Started | Tick | Answered | SendFailed | ProbeExpired | LinkChanged | RouteChanged
+    Started | Tick | Answered | SendFailed | ProbeExpired | PeerAlive | LinkChanged | RouteChanged
     | RoutesRead | RoutesUnreadable | RoutesWritten
 )
 
@@ -150,23 +161,6 @@ class WriteRoutes:
     remove: tuple[IPNetwork, ...]
 
 
-@dataclass(frozen=True)
-class Log:
-    level: int
-    message: str
-    fields: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Metric:
-    """``op`` on the metric attribute ``name`` of PathMetrics: inc | set | observe | state."""
-
-    name: str
-    op: str
-    value: float | str = 1
-    labels: tuple = ()
-
-
 Effect = SendProbe | ReadRoutes | WriteRoutes | Log | Metric
 
 
@@ -179,6 +173,11 @@ class CoreConfig:
     startup_grace: float  # how long the first choice waits for the preferred target's verdict
     failover_hold: float  # no down verdict this long after this node's bond moved (0: off)
     route_resync_interval: float
+    # A silent target whose beacons steering still hears is not called down for this long
+    # after each one, at most witness_max after its silence began: its vpn-shoot is alive,
+    # only the server between us failed, and steering is moving the bonds (0: off).
+    witness_hold: float = 0.0
+    witness_max: float = 2.0
     retry_min: float = 0.05  # route writes that failed: first retry, doubling up to retry_max
     retry_max: float = 1.0
     bond_device: str = "bond0"
@@ -284,6 +283,10 @@ class PathCore:
 
     def _on_ProbeExpired(self, event: ProbeExpired) -> None:
         self._metric("probes_lost", "inc", 1, (event.target,))
+
+    def _on_PeerAlive(self, event: PeerAlive) -> None:
+        if self.config.witness_hold > 0:
+            self.probing.witness(event.target, self.now, self.config.witness_hold, self.config.witness_max)
 
     def _on_LinkChanged(self, event: LinkChanged) -> None:
         link = event.link

@@ -39,6 +39,10 @@ class ProbePolicy(Protocol):
     def hold(self, until: float) -> None:
         """Call no target down before ``until`` (this node's bond is failing over)."""
 
+    def witness(self, target: int, now: float, hold: float, longest: float) -> None:
+        """Another source says ``target`` is alive at ``now``: no down verdict for ``hold``,
+        at most ``longest`` after its current silence began."""
+
     def gauges(self, target: int, now: float) -> dict[str, float]:
         """Metric name → value describing the target's timing (may be empty)."""
 
@@ -101,6 +105,11 @@ class Probing:
     def hold(self, until: float) -> None:
         for health in self.health.values():
             health.hold(until)
+
+    def witness(self, target: int, now: float, hold: float, longest: float) -> None:
+        health = self.health[target]
+        if health.silent_since != float("inf"):
+            health.hold(min(now + hold, health.silent_since + longest))
 
     def gauges(self, target: int, now: float) -> dict[str, float]:
         health = self.health[target]

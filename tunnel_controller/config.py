@@ -14,10 +14,11 @@ from pydantic import Field, field_validator, model_validator
 from announcement import load_key
 from bonding.config import VpnNetwork
 from bonding.plan import DEFAULT_VPN_NETWORK, AddressPlan, parse_vpn_network
-from daemonkit.config import Duration, EnvSettings
+from daemonkit.config import Duration
+from steering.config import SteeringSettings
 
 
-class TunnelSettings(EnvSettings):
+class TunnelSettings(SteeringSettings):
     # --- vpn2's names ---------------------------------------------------------
     ha_vpn_clients: int = Field(
         2, ge=1, le=256,
@@ -34,7 +35,6 @@ class TunnelSettings(EnvSettings):
     )
     watchdog_cooldown: int = Field(20, ge=1, description="events ignored after a restart")
     # --- ours -------------------------------------------------------------------
-    ha_vpn_servers: int = Field(2, ge=1, le=16, description="OpenVPN servers: management ports signalled")
     watchdog_timeout: Duration = Field(
         4.0, gt=0,
         description="no accepted announcement for this long = one failure (vpn2's read deadline)",

@@ -186,7 +186,7 @@ def test_venv_holds_the_locked_runtime_packages_and_the_project_only(image_venv)
 
 def test_project_is_installed_not_linked(image_venv):
     site = next((image_venv.venv / "lib").glob("python3.*/site-packages"))
-    for package in ("announcement", "bonding", "daemonkit", "netlink_adapter", "path_controller", "tunnel_controller"):
+    for package in ("announcement", "bonding", "daemonkit", "netlink_adapter", "path_controller", "steering", "tunnel_controller"):
         assert (site / package / "__init__.py").is_file()
     assert not list(site.glob("*.pth")), "an editable install or a path hook"
     assert not list(site.glob("__editable__*"))

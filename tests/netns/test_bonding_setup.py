@@ -47,7 +47,7 @@ async def global_addresses(ipr, index):
     ]
 
 
-async def assert_bond(ipr, address: IPv6Address, mode: str = "active-backup"):
+async def assert_bond(ipr, address: IPv6Address, mode: str = "active-backup", split_tolerant: bool = True):
     tap0, tap1, bond = [await link(ipr, name) for name in ("tap0", "tap1", "bond0")]
     for tap in (tap0, tap1):
         data = info_data(tap)
@@ -62,7 +62,13 @@ async def assert_bond(ipr, address: IPv6Address, mode: str = "active-backup"):
     assert data.get("IFLA_BOND_MIIMON") == 100
     if mode == "active-backup":
         assert data.get("IFLA_BOND_MODE") == 1
-        assert data.get("IFLA_BOND_FAIL_OVER_MAC") == 1  # active
+        if split_tolerant:  # every slave carries the bond's MAC and passes frames up
+            assert data.get("IFLA_BOND_FAIL_OVER_MAC") == 0  # none
+            assert data.get("IFLA_BOND_ALL_SLAVES_ACTIVE") == 1
+            assert tap0.get("IFLA_ADDRESS") == tap1.get("IFLA_ADDRESS") == bond.get("IFLA_ADDRESS")
+        else:  # vpn2's
+            assert data.get("IFLA_BOND_FAIL_OVER_MAC") == 1  # active
+            assert data.get("IFLA_BOND_ALL_SLAVES_ACTIVE") == 0
         assert data.get("IFLA_BOND_USE_CARRIER") == 1
         assert data.get("IFLA_BOND_PRIMARY") == tap0["index"]
         assert data.get("IFLA_BOND_NUM_PEER_NOTIF") == 5
@@ -112,6 +118,16 @@ async def test_shoot_side(netns, ipr_factory, run_bonding):
     assert nsutil.sysctl_get(netns, "net.ipv4.ip_forward") == "1"
     assert nsutil.sysctl_get(netns, "net.ipv6.conf.all.forwarding") == "1"
     assert nsutil.sysctl_get(netns, "net.ipv4.ip_local_port_range") == "1024 65535"
+
+
+async def test_vpn2_mac_handling_when_not_split_tolerant(netns, ipr_factory, run_bonding):
+    result = run_bonding(netns, POD_NAME=SEED_POD, BOND_SPLIT_TOLERANT="false")
+    assert result.returncode == 0, result.stderr
+    await assert_bond(await ipr_factory(netns), SEED_ADDRESS, split_tolerant=False)
+    # Back: the bond is rebuilt (fail_over_mac cannot change with slaves), split-tolerant again.
+    result = run_bonding(netns, POD_NAME=SEED_POD)
+    assert result.returncode == 0, result.stderr
+    await assert_bond(await ipr_factory(netns), SEED_ADDRESS)
 
 
 async def test_balance_rr(netns, ipr_factory, run_bonding):
