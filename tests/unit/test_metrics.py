@@ -11,6 +11,7 @@ from path_controller.metrics import PathMetrics
 from path_controller.selection import SWITCH_REASONS
 from tests.netns.nsutil import metric_value
 from tunnel_controller import metrics as tunnel_metrics
+from tunnel_controller.outcomes import PeerEvent, RejectReason, Repaired
 
 # Gauges whose 0 would be a false reading: they appear with their first value.
 SET_ON_FIRST_VALUE = {"path_controller_dead_interval_seconds", "path_controller_late_after_seconds"}
@@ -62,12 +63,12 @@ def test_add_targets_is_idempotent_and_targets_default_to_none():
 def test_tunnel_controller_exports_every_known_label_value_at_0():
     text = generate_latest(tunnel_metrics.Metrics().registry).decode()
     known = {
-        ("tunnel_controller_announcements_rejected_total", "reason"): tunnel_metrics.REJECT_REASONS,
+        ("tunnel_controller_announcements_rejected_total", "reason"): tuple(RejectReason),
         ("tunnel_controller_announcements_accepted_total", "form"): tunnel_metrics.FORMS,
-        ("tunnel_controller_peer_events_total", "event"): tunnel_metrics.PEER_EVENTS,
+        ("tunnel_controller_peer_events_total", "event"): tuple(PeerEvent),
         ("tunnel_controller_tunnel_operations_total", "op"): tunnel_metrics.OPERATIONS,
         ("tunnel_controller_tunnel_failures_total", "op"): tunnel_metrics.FAILED_OPERATIONS,
-        ("tunnel_controller_repairs_total", "object"): tunnel_metrics.REPAIRED,
+        ("tunnel_controller_repairs_total", "object"): tuple(Repaired),
         ("tunnel_controller_watchdog_signals_total", "result"): ("ok", "failed"),
     }
     for (name, label), values in known.items():
