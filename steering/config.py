@@ -14,9 +14,9 @@ class SteeringSettings(EnvSettings):
         description="choose the OpenVPN server of the bond from beacons (needs CAP_NET_RAW and split-tolerant "
         "bonds); `false`: the kernel alone, as vpn2",
     )
-    steering_beacon_interval: Duration = Field(0.1, gt=0, le=5, description="seconds between beacons through each server")
+    steering_beacon_interval: Duration = Field(0.2, gt=0, le=5, description="seconds between beacons through each server")
     steering_dead_after: Duration = Field(
-        0.5, gt=0, le=60, description="a peer not heard through a server this long is unreachable there"
+        0.6, gt=0, le=60, description="a peer not heard through a server this long is unreachable there"
     )
     steering_settle: Duration = Field(
         3.0, ge=0, le=600, description="seconds a better-placed server must last before a move back home or to the peers"

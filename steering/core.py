@@ -12,9 +12,10 @@ ride the same OpenVPN connections.
 The rule, evaluated on every beacon, bond change and tick:
 
 * stay on the server in use while no other server reaches more peers;
-* move to one that reaches more, once that has held ``confirm`` (a black
-  hole: the server in use reaches nobody after ``dead_after``; a peer whose
-  own client to this server broke);
+* move to one that reaches more, once that has held ``confirm_unreachable``
+  when the server in use reaches nobody (a black hole: nobody heard for
+  ``dead_after``), ``confirm_fewer`` when it reaches some (a peer whose own
+  client to this server broke);
 * go where most peers are once that server reaches as many peers as ours
   and has for ``settle`` (the fleet converges on one server);
 * else move back to the home server (server 0, vpn2's ``primary tap0``) once
@@ -38,6 +39,7 @@ is *alone*: readiness says so.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv6Address
@@ -63,9 +65,16 @@ class SteeringConfig:
     me: IPv6Address
     plan: AddressPlan
     servers: int
-    beacon_interval: float = 0.1
-    dead_after: float = 0.5  # a peer not heard through a server this long is unreachable there
-    confirm: float = 0.2  # another server must reach more peers this long before we move
+    beacon_interval: float = 0.2
+    dead_after: float = 0.6  # a peer not heard through a server this long is unreachable there
+    # How long another server must reach more peers before we move: briefly when ours
+    # reaches none (a black hole), longer when it still reaches some (one peer's client
+    # reconnecting, beacons late on a busy node).
+    confirm_unreachable: float = 0.1
+    confirm_fewer: float = 0.5
+    # A server we move to must have reached that many peers for this long: one that just
+    # came back, or just stalled, is no refuge (its clients' handshakes load the node).
+    proven: float = 2.0
     settle: float = 3.0  # home must reach every peer this long before we go back
     min_dwell: float = 1.0  # no move of ours sooner than this after the last one
     forget_after: float = 30.0  # a peer not heard at all this long is no peer any more
@@ -144,6 +153,8 @@ class ServerSteering:
         self.last_move = float("-inf")  # ours
         self.moved_at = now  # the bond's last change of server, whoever made it
         self.draining = False
+        self.history: dict[int, deque[tuple[float, int]]] = {}  # server → (time, peers reachable)
+        self.started = now
         self._out: list[Effect] = []
 
     # --- the one entry point ----------------------------------------------------
@@ -151,21 +162,26 @@ class ServerSteering:
     def handle(self, event: Event) -> list[Effect]:
         self.now = max(self.now, event.now)
         if isinstance(event, BeaconHeard):
-            self._heard(event)
-        elif isinstance(event, BondSeen):
-            self._bond(event)
-        self._beacons_due()
-        self._decide()
+            self._heard(event)  # decided on at the next tick: beacons come in bursts
+        else:
+            if isinstance(event, BondSeen):
+                self._bond(event)
+            self._beacons_due()
+            self._decide()
         out, self._out = self._out, []
         return out
 
     def next_wakeup(self) -> float:
-        wakeups = [self.next_beacon]
+        """When to come back with a Tick: the next beacon (due now if overdue), or sooner a
+        wait running out or a peer going stale; waits already run out are retried with the
+        beacons (a move may be held back by ``min_dwell`` or an unproven target)."""
+        config = self.config
+        waits = [at + config.dead_after for at in self.heard_at.values()]  # a black hole shows here first
         if self.better_since is not None:
-            wakeups.append(max(self.better_since + self.config.confirm, self.last_move + self.config.min_dwell))
+            waits.append(max(self.better_since + config.confirm_unreachable, self.last_move + config.min_dwell))
         if self.calm_since is not None:
-            wakeups.append(max(self.calm_since + self.config.settle, self.last_move + self.config.min_dwell))
-        return min(wakeups)
+            waits.append(max(self.calm_since + config.settle, self.last_move + config.min_dwell))
+        return min([self.next_beacon, *(w for w in waits if w > self.now)])
 
     # --- what the daemons read ----------------------------------------------------
 
@@ -259,19 +275,23 @@ class ServerSteering:
         peers = self.peers()
         if active is None or not peers or active not in self.carriers:
             self.better_since = self.calm_since = None
+            self.history.clear()
             return  # nothing known: the kernel decides, as with vpn2
         scores = {server: len(self.reach(server)) for server in self.carriers}
         for server in range(self.config.servers):
             self._metric("peers_reachable", "set", scores.get(server, 0), (server,))
+            self._remember(server, scores.get(server, 0))
         best = max(scores.values())
         using = self._using(peers)
         if scores[active] < best:
             self.calm_since = None
             if self.better_since is None:
                 self.better_since = self.now
-            if self._may_move(self.better_since, self.config.confirm):
-                target = self._pick([s for s, score in scores.items() if score == best], using)
-                self._move(target, UNREACHABLE if scores[active] == 0 else FEWER_PEERS, scores)
+            unreachable = scores[active] == 0
+            wait = self.config.confirm_unreachable if unreachable else self.config.confirm_fewer
+            proven = [s for s, score in scores.items() if score == best and self._proven(s, best)]
+            if proven and self._may_move(self.better_since, wait):
+                self._move(self._pick(proven, using), UNREACHABLE if unreachable else FEWER_PEERS, scores)
             return
         self.better_since = None
         target, reason = self._calm_target(scores, best, peers, using)
@@ -304,6 +324,20 @@ class ServerSteering:
         if busiest != active and using.get(busiest, 0) > using.get(active, 0):
             return busiest, JOIN
         return None, ""
+
+    def _remember(self, server: int, score: int) -> None:
+        history = self.history.setdefault(server, deque())
+        history.append((self.now, score))
+        while len(history) > 1 and history[1][0] <= self.now - self.config.proven:
+            history.popleft()
+
+    def _proven(self, server: int, score: int) -> bool:
+        """``server`` has reached at least ``score`` peers for ``proven`` seconds (two beacon
+        intervals on a pod younger than that: everything it sees is new)."""
+        history = self.history.get(server)
+        young = self.now - self.started < self.config.proven
+        window = 2 * self.config.beacon_interval if young else self.config.proven
+        return bool(history) and history[0][0] <= self.now - window and min(s for _, s in history) >= score
 
     def _may_move(self, since: float, wait: float) -> bool:
         return self.now - since >= wait and self.now - self.last_move >= self.config.min_dwell

@@ -25,7 +25,7 @@ from netlink_adapter import AsyncIPRoute
 from netlink_adapter.bond import set_primary
 from netlink_adapter.errors import KERNEL_ERRORS
 from netlink_adapter.events import EventStream, LinkEvent
-from netlink_adapter.links import LinkFacts, dump_links
+from netlink_adapter.links import LinkFacts, dump_links, link_by_name, link_facts
 from steering.beacon import ETHERTYPE, BadBeacon, Beacon, decode, encode
 from steering.core import BeaconHeard, BondSeen, Event, SendBeacon, ServerSteering, SetPrimary, SteeringConfig, Tick
 from steering.metrics import SteeringMetrics
@@ -175,6 +175,10 @@ class SteeringRunner:
                     async for event in stream:
                         if isinstance(event, LinkEvent) and event.link.name in names and not event.deleted:
                             self.links[event.link.name] = event.link
+                            # A failover on carrier loss announces itself on the slaves only,
+                            # not on the bond: read the bond's active slave afresh.
+                            if (bond := await link_by_name(self.ipr, BOND_DEVICE)) is not None:
+                                self.links[BOND_DEVICE] = link_facts(bond)
                             self._bond_changed()
             except KERNEL_ERRORS as exc:
                 LOG.warning("link events lost; reading the bond again", extra={"error": str(exc)})

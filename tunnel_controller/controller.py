@@ -26,6 +26,9 @@ from daemonkit.lifecycle import Daemon, ExitCode, Heartbeats, StartupError
 from daemonkit.logs import RateLimiter
 from netlink_adapter.addresses import IFA_F_NOT_USABLE, describe_address_flags
 from netlink_adapter.errors import KERNEL_ERRORS
+from steering.core import SteeringConfig
+from steering.metrics import SteeringMetrics
+from steering.runner import SteeringRunner, SteeringUnavailable
 from tunnel_controller import listener
 from tunnel_controller.config import TunnelSettings
 from tunnel_controller.limits import SourceRateLimiter
@@ -58,6 +61,7 @@ class TunnelController:
         self.clock = clock
         self.wall_ms = wall_ms
         self.key = settings.announce_key()
+        self.steering: SteeringRunner | None = None
         self.registry = PeerRegistry(
             expiry=settings.peer_expiry,
             max_peers=settings.max_peers,
@@ -272,7 +276,28 @@ class TunnelController:
     # --- run ------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, str]:
+        if self.steering is not None and (alone := self.steering.alone()) is not None:
+            return False, alone
         return self.registry.readiness()
+
+    async def _start_steering(self, daemon: Daemon) -> None:
+        """Choose this pod's OpenVPN server from the kube-apiservers' beacons (docs/server-steering.md)."""
+        settings = self.settings
+        config = SteeringConfig(
+            self.reconciler.local, settings.plan, settings.ha_vpn_servers, beacon_interval=settings.steering_beacon_interval,
+            dead_after=settings.steering_dead_after, settle=settings.steering_settle,
+        )
+        metrics = SteeringMetrics(self.metrics.registry, "tunnel_controller", settings.ha_vpn_servers)
+        runner = SteeringRunner(config, self.kernel.ipr, metrics, key=self.key, clock=self.clock, wall_ms=self.wall_ms,
+                                heartbeats=self.heartbeats)
+        try:
+            await runner.start()
+        except SteeringUnavailable as exc:
+            LOG.warning(str(exc))
+            return
+        daemon.on_close(runner.close)
+        self.steering = runner
+        daemon.loops(runner.tasks())
 
     async def run(self, daemon: Daemon) -> ExitCode:
         """Listen, adopt, then serve until stopped (``ExitCode.OK``) or until a loop ends
@@ -291,6 +316,8 @@ class TunnelController:
         self.heartbeats.register("reconcile", self.settings.resync_interval + 30)
         self.heartbeats.register("watchdog", 2 * self.settings.watchdog_timeout + 5)
         await self.reconciler.reconcile()
+        if self.settings.server_steering:
+            await self._start_steering(daemon)
         daemon.loops({"receive": self._receive_loop(), "reconcile": self._reconcile_loop(),
                       "watchdog": self._watchdog_loop()})
         return await daemon.supervise()

@@ -60,7 +60,13 @@ def up_script(directory: Path) -> Path:
     return script
 
 
-def server_config(pki: Pki, listen: str, up: Path, keepalive: tuple[int, int] = (2, 10)) -> str:
+# vpn2's timing (reference/vpn2-behavior.md §5): the server pushes keepalive 10 30; clients
+# retry after 1 s, backing off to 5 s.
+VPN2_KEEPALIVE = (10, 30)
+VPN2_CONNECT_RETRY = (1, 5)
+
+
+def server_config(pki: Pki, listen: str, up: Path, keepalive: tuple[int, int] = VPN2_KEEPALIVE) -> str:
     return "\n".join(
         [
             "mode server",
@@ -76,7 +82,6 @@ def server_config(pki: Pki, listen: str, up: Path, keepalive: tuple[int, int] = 
             "dh none",
             "client-to-client",
             "duplicate-cn",
-            # Relaxed: on the sandbox's single slow vCPU tighter values restart clients spuriously.
             f"keepalive {keepalive[0]} {keepalive[1]}",
             "data-ciphers AES-256-GCM",
             "tcp-nodelay",
@@ -88,7 +93,9 @@ def server_config(pki: Pki, listen: str, up: Path, keepalive: tuple[int, int] = 
     )
 
 
-def client_config(pki: Pki, tap: str, remote: str, management_port: int | None = None) -> str:
+def client_config(
+    pki: Pki, tap: str, remote: str, management_port: int | None = None, connect_retry: tuple[int, int] = VPN2_CONNECT_RETRY
+) -> str:
     lines = [
         "client",
         f"dev {tap}",
@@ -101,7 +108,7 @@ def client_config(pki: Pki, tap: str, remote: str, management_port: int | None =
         f"key {pki.client_key}",
         "remote-cert-tls server",
         "data-ciphers AES-256-GCM",
-        "connect-retry 1 2",
+        f"connect-retry {connect_retry[0]} {connect_retry[1]}",
         "tcp-nodelay",
         "verb 3",
     ]

@@ -21,15 +21,17 @@ from daemonkit.config import (
 from path_controller.config import PathControllerSettings
 from tunnel_controller.config import TunnelSettings
 
+STEERING = ("steering_beacon_interval", "steering_dead_after", "steering_settle")
 # Every duration setting of every daemon; a new one that is a bare float fails the sweep below.
 DURATIONS = {
     PathControllerSettings: {
         "probe_interval", "probe_burst_interval", "probe_dead_interval", "probe_late_after",
         "probe_failover_hold", "probe_stall_memory", "route_resync_interval", "announce_interval",
+        *STEERING,
     },
     TunnelSettings: {
         "watchdog_timeout", "watchdog_grace", "peer_expiry", "announce_max_age", "tunnel_retry_min",
-        "tunnel_retry_max", "resync_interval", "listen_timeout",
+        "tunnel_retry_max", "resync_interval", "listen_timeout", *STEERING,
     },
     BondingSettings: set(),  # BOND_NS_INTERVAL_MS stays an integer of ms, as the kernel's arp_interval
 }
