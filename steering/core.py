@@ -7,7 +7,9 @@ of its **peers** (kube-apiservers for a vpn-shoot, vpn-shoots for a
 kube-apiserver: the pods its traffic goes to) it can reach through it *both
 ways*: it hears the peer there, and the peer hears it there (a one-way black
 hole breaks either). Data flows exactly along these paths, because beacons
-ride the same OpenVPN connections.
+ride the same OpenVPN connections. Only evidence counts against a server: the
+peer keeps speaking, or keeps hearing us, through another one. Beacons late
+through every server (a busy node, a stalled pod) move nobody.
 
 The rule, evaluated on every beacon, bond change and tick:
 
@@ -191,13 +193,32 @@ class ServerSteering:
         return {peer for peer, at in self.last_heard.items() if at >= horizon}
 
     def reach(self, server: int) -> set[IPv6Address]:
-        """Peers we hear through ``server`` and that hear us through it."""
-        fresh = self.now - self.config.dead_after
-        me = self.config.me
-        return {
-            peer for peer in self.peers()
-            if self.heard_at.get((peer, server), float("-inf")) >= fresh and me in self.beacons[(peer, server)].heard
-        }
+        """Peers we can talk to through ``server``, as far as the beacons show."""
+        return {peer for peer in self.peers() if self._through(peer, server)}
+
+    def _through(self, peer: IPv6Address, server: int) -> bool:
+        """Whether ``peer`` and we reach each other through ``server``.
+
+        Only evidence counts against a server: the peer keeps speaking through another
+        server while it is silent through this one, or it hears us through another
+        server but not through this one. A peer silent everywhere (a stalled node, a
+        pod going away) says nothing about the servers.
+        """
+        config, me = self.config, self.config.me
+        elsewhere = [
+            (self.heard_at[(peer, other)], self.beacons[(peer, other)])
+            for other in range(config.servers) if other != server and (peer, other) in self.heard_at
+        ]
+        latest_elsewhere = max((at for at, _ in elsewhere), default=None)
+        at = self.heard_at.get((peer, server))
+        if at is None:  # never heard through it
+            return latest_elsewhere is None
+        if self.now - at > config.dead_after:  # silent through it
+            return latest_elsewhere is None or latest_elsewhere < at + config.dead_after / 2
+        if me in self.beacons[(peer, server)].heard:
+            return True
+        # It does not hear us through this server: does it hear us through another?
+        return not any(me in beacon.heard and self.now - heard <= config.dead_after for heard, beacon in elsewhere)
 
     def alive(self, peer: IPv6Address, within: float) -> bool:
         """``peer`` was heard through some server in the last ``within`` seconds."""

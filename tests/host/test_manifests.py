@@ -256,7 +256,8 @@ def test_daemons_run_as_root_with_net_admin_only_and_read_only():
                 assert "capabilities" not in sc and "allowPrivilegeEscalation" not in sc
                 continue
             assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
-            assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+            # NET_RAW: the AF_PACKET sockets of server steering (docs/server-steering.md).
+            assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
 
 
 def test_ping_group_range_admits_the_path_controller_group():

@@ -99,6 +99,7 @@ class HaTopology:
         self.underlay = ""
         self.shoot_net = ""
         self._ul_ports = 0
+        self._iprs: dict = {}
 
     # --- construction -----------------------------------------------------
 
@@ -184,14 +185,19 @@ class HaTopology:
         )
 
     def _start_clients(self, member: Member, management: bool) -> None:
-        for i, server in enumerate(self.servers):
-            config = self.workdir / f"{member.name}-tap{i}.conf"
-            port = MANAGEMENT_PORT + i if management else None
-            remote = server.shoot_facing_ip if isinstance(member, Shoot) else server.underlay_ip
-            config.write_text(client_config(self.pki, f"tap{i}", remote, port))
-            member.processes[f"openvpn{i}"] = self.processes.start(
-                member.ns, ["openvpn", "--config", str(config)], name=f"{member.name}-tap{i}"
-            )
+        for i in range(len(self.servers)):
+            self.start_client(member, i)
+
+    def start_client(self, member: Member, i: int) -> None:
+        """The member's OpenVPN client to server ``i`` (tap<i>), vpn2's client timing."""
+        server = self.servers[i]
+        config = self.workdir / f"{member.name}-tap{i}.conf"
+        port = MANAGEMENT_PORT + i if isinstance(member, Shoot) else None
+        remote = server.shoot_facing_ip if isinstance(member, Shoot) else server.underlay_ip
+        config.write_text(client_config(self.pki, f"tap{i}", remote, port))
+        member.processes[f"openvpn{i}"] = self.processes.start(
+            member.ns, ["openvpn", "--config", str(config)], name=f"{member.name}-tap{i}"
+        )
 
     def set_bond_monitor(self, **monitor) -> None:
         """Re-run bonding setup in every pod with ``monitor`` (BOND_MONITOR=…, or nothing
@@ -332,7 +338,7 @@ class HaTopology:
 
     async def active_tap(self, member: Member) -> str | None:
         """The slave member's bond0 sends on (tap<i>: server i), or None."""
-        ipr = await self.ipr_factory(member.ns)
+        ipr = await self.ipr(member.ns)
         active = link_facts(await link_by_name(ipr, "bond0")).active_slave
         if not active:
             return None
@@ -352,7 +358,7 @@ class HaTopology:
 
     async def shoot_tunnels(self, shoot: Shoot) -> dict[IPv6Address, str]:
         """remote → device name of the shoot's bond0ip6tnl* devices."""
-        ipr = await self.ipr_factory(shoot.ns)
+        ipr = await self.ipr(shoot.ns)
         return {tunnel.remote: tunnel.name for tunnel in await dump_ip6tnl(ipr) if tunnel.name.startswith("bond0ip6tnl")}
 
     # --- failures ---------------------------------------------------------
@@ -392,6 +398,38 @@ class HaTopology:
     def blackhole(self, member: Member, on: bool = True) -> None:
         """Drop everything on the member's underlay link; its TCP connections stay open."""
         self.underlay_netem(member, "loss 100%" if on else None)
+
+    def blackhole_outgoing(self, member: Member, on: bool = True) -> None:
+        """Drop only what the member sends on the underlay (one direction); it still receives."""
+        if on:
+            nsutil.run_in(member.ns, ["tc", "qdisc", "replace", "dev", "eth0", "root", "netem", "loss", "100%"])
+        else:
+            nsutil.run_in(member.ns, ["tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
+
+    def outgoing_counters(self, member: Member) -> QdiscCounters:
+        return root_qdisc_counters(member.ns, "eth0")
+
+    async def carrier(self, member: Member, tap: str) -> bool:
+        ipr = await self.ipr(member.ns)
+        link = await link_by_name(ipr, tap)
+        return bool(link is not None and link.get("IFLA_CARRIER"))
+
+    async def wait_carrier(self, members, tap: str, on: bool, timeout: float = 30.0) -> None:
+        """Until ``tap`` of every one of ``members`` has (or has lost) carrier."""
+        async def reached():
+            return all([await self.carrier(m, tap) == on for m in members])
+        state = "has carrier" if on else "lost carrier"
+        await nsutil.wait_for(reached, timeout=timeout, interval=0.1, message=f"{tap} of every member {state}")
+
+    async def ipr(self, ns: str):
+        """One netlink handle per namespace, for the helpers that poll."""
+        if ns not in self._iprs:
+            self._iprs[ns] = await self.ipr_factory(ns)
+        return self._iprs[ns]
+
+    @property
+    def members(self) -> list[Member]:
+        return [*self.apiservers, *self.shoots]
 
     def kill(self, member: Member, role: str) -> None:
         member.processes[role].popen.kill()

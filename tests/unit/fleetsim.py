@@ -54,6 +54,7 @@ class Fleet:
         self.server_up = [True, True]
         self.server_passes = [True, True]  # False: black hole (carrier stays up)
         self.leg_passes: dict[tuple[str, int], bool] = {}  # (pod, server) -> False: that leg black-holed
+        self.stalls: list[tuple[float, float]] = []  # every beacon in [from, until) arrives at until
         self.pods: dict[str, Pod] = {}
         for k in range(apiservers):
             self._add(Pod(f"api{k}", PLAN.seed_client(0x100 + k), True), vpn2, steering_ok, config or {})
@@ -181,9 +182,17 @@ class Fleet:
                 def deliver(p=pod) -> None:
                     if p.steering is not None and self.passes(p, server) and self.passes(sender, server):
                         self._drive(p, BeaconHeard(self.now, server, beacon))
-                self.at(self.now + LATENCY + self.rng.uniform(0, 0.003), deliver)
+                arrival = self.now + LATENCY + self.rng.uniform(0, 0.003)
+                for start, end in self.stalls:
+                    if start <= arrival < end:
+                        arrival = end + self.rng.uniform(0, 0.05)
+                self.at(arrival, deliver)
 
     # --- faults -------------------------------------------------------------------------------
+
+    def stall(self, at: float, length: float) -> None:
+        """A busy node: every beacon on the way in [at, at + length) arrives at the end."""
+        self.stalls.append((at, at + length))
 
     def kill_server(self, server: int, at: float) -> None:
         def kill() -> None:

@@ -194,3 +194,13 @@ def test_a_stream_of_beacons_does_not_put_off_our_own():
         if core.next_wakeup() <= t:
             sent += sum(isinstance(e, SendBeacon) for e in core.handle(Tick(t)))
     assert sent >= 2 * (5.0 / core.config.beacon_interval) * 0.9  # two servers
+
+
+def test_beacons_late_through_every_server_move_nobody():
+    f = fleet(seed=12)
+    f.run(9)
+    moves = {name: pod.moves for name, pod in f.pods.items()}
+    for k in range(5):
+        f.stall(10 + 3 * k, 2.0)  # longer than dead_after, on both servers at once
+    f.run(30)
+    assert {name: pod.moves for name, pod in f.pods.items()} == moves
