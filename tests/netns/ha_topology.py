@@ -406,6 +406,21 @@ class HaTopology:
         else:
             nsutil.run_in(member.ns, ["tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
 
+    def cut_leg(self, member: Member, server: Server, on: bool = True) -> None:
+        """Drop everything between ``member`` and ``server`` (both ways, carrier stays up):
+        one pod's own connection to one server black-holed."""
+        address = server.shoot_facing_ip if isinstance(member, Shoot) else server.underlay_ip
+        action = "-I" if on else "-D"
+        for rule in (["OUTPUT", "-d", address], ["INPUT", "-s", address]):
+            nsutil.run_in(member.ns, ["iptables-legacy", action, rule[0], rule[1], rule[2], "-j", "DROP"],
+                          check=on)
+
+    def leg_drops(self, member: Member, server: Server) -> int:
+        """Packets the ``cut_leg`` rules dropped."""
+        address = server.shoot_facing_ip if isinstance(member, Shoot) else server.underlay_ip
+        listing = nsutil.run_in(member.ns, ["iptables-legacy", "-L", "-n", "-v", "-x"]).stdout
+        return sum(int(line.split()[0]) for line in listing.splitlines() if "DROP" in line and address in line)
+
     def outgoing_counters(self, member: Member) -> QdiscCounters:
         return root_qdisc_counters(member.ns, "eth0")
 
