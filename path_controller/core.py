@@ -177,7 +177,7 @@ class CoreConfig:
     # after each one, at most witness_max after its silence began: its vpn-shoot is alive,
     # only the server between us failed, and steering is moving the bonds (0: off).
     witness_hold: float = 0.0
-    witness_max: float = 2.0
+    witness_max: float = 3.0
     retry_min: float = 0.05  # route writes that failed: first retry, doubling up to retry_max
     retry_max: float = 1.0
     bond_device: str = "bond0"

@@ -325,10 +325,27 @@ class ServerSteering:
             return
         if self.requested is not None and self.now - self.last_move > 2 * self.config.min_dwell:
             self.requested = None  # the bond did not follow (no carrier there any more)
-        if self.primary != active and self.requested is None:
+        if self.primary != active and self.requested is None and self._stay(peers):
             # The kernel failed over: keep it here when the old server comes back.
             self._out.append(SetPrimary(active, move=False, reason="stay"))
             self.primary = active
+
+    def _stay(self, peers: set[IPv6Address]) -> bool:
+        """After the kernel failed over from the primary: stay here when it comes back,
+        unless only our own client to it broke (the peers are still connected to it).
+        Then the kernel's own move back, the moment our client reconnects, takes us
+        back to the peers at once (split tolerance makes either way work meanwhile)."""
+        lost = self.primary
+        if lost is None or lost in self.carriers:
+            return True
+        connected = [p for p in peers if (p, lost) in self.beacons and lost in self._latest(p).carriers]
+        return len(connected) * 2 <= len(peers)
+
+    def _latest(self, peer: IPv6Address) -> Beacon:
+        return max(
+            ((self.heard_at[(peer, s)], self.beacons[(peer, s)]) for s in range(self.config.servers) if (peer, s) in self.beacons),
+            key=lambda item: item[0],
+        )[1]
 
     def _calm_target(self, scores: dict[int, int], best: int, peers: set[IPv6Address], using: dict[int, int]):
         """Where to go although the server in use is as good as any; (None, "") to stay.

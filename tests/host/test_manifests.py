@@ -23,6 +23,7 @@ from path_controller.config import PathControllerSettings
 from path_controller.metrics import PathMetrics
 from tests.host.imagebuild import PROGRAMS, REPO
 from tunnel_controller.config import TunnelSettings
+from steering.metrics import SteeringMetrics
 from tunnel_controller.metrics import Metrics as TunnelMetrics
 
 DEPLOY = REPO / "deploy"
@@ -162,8 +163,11 @@ def exported_series() -> set[str]:
     """Every series name the two daemons can export (counters with _total, histograms with their parts)."""
     registry = CollectorRegistry()
     PathMetrics(registry)
+    SteeringMetrics(registry, "path_controller", 2)
+    tunnel = TunnelMetrics().registry
+    SteeringMetrics(tunnel, "tunnel_controller", 2)
     names = set()
-    for reg in (registry, TunnelMetrics().registry):
+    for reg in (registry, tunnel):
         for family in reg.collect():
             if family.type == "counter":
                 names |= {f"{family.name}_total", f"{family.name}_created"}

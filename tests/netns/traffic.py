@@ -113,6 +113,27 @@ class UdpStream:
         points = [start, *arrivals, end]
         return max(b - a for a, b in zip(points, points[1:]))
 
+    def outages(self, start: float, end: float) -> list[tuple[float, float]]:
+        """(when, seconds) of each run of unanswered datagrams sent between ``start`` and
+        ``end``: from the first lost one's send time to the send time of the next one
+        answered (or ``end``). Unlike ``longest_gap`` it does not count time the sender
+        itself did not run (a busy test process) as an outage."""
+        found = []
+        lost_since = None
+        for seq in sorted(s for s, t in self.sent.items() if start <= t <= end):
+            sent = self.sent[seq]
+            if seq not in self.answered:
+                lost_since = sent if lost_since is None else lost_since
+            elif lost_since is not None:
+                found.append((lost_since, sent - lost_since))
+                lost_since = None
+        if lost_since is not None:
+            found.append((lost_since, end - lost_since))
+        return found
+
+    def longest_outage(self, start: float, end: float) -> float:
+        return max((seconds for _, seconds in self.outages(start, end)), default=0.0)
+
     def loss(self, start: float, end: float) -> tuple[int, int]:
         """(unanswered, sent) among datagrams sent between ``start`` and ``end``."""
         window = [s for s, t in self.sent.items() if start <= t <= end]

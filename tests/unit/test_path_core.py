@@ -14,6 +14,8 @@ from benchmarks.vpn2_profile import Vpn2Rounds
 from netlink_adapter.ip6tnl import ARPHRD_TUNNEL6
 from netlink_adapter.links import LinkFacts
 from path_controller.core import (
+    CoreConfig,
+    PeerAlive,
     Answered,
     LinkChanged,
     Log,
@@ -27,7 +29,7 @@ from path_controller.core import (
     Tick,
     WriteRoutes,
 )
-from path_controller.probe import ProbeTiming
+from path_controller.probe import Health, ProbeTiming
 from path_controller.probing import Probing
 from path_controller.routes import Route
 from tests.unit.pathsim import NETWORKS, PROTOCOL, TUNNEL_INDEX, FakeKernel, Path, Simulation, config
@@ -218,3 +220,26 @@ def test_vpn2_rounds_switch_after_ten_failed_pings():
     assert [(reason, new) for _, reason, new in switches] == [("initial", 0), ("primary down", 1)]
     assert 5.0 + 9.0 < switches[1][0] < 5.0 + 2.0 + 10.0 + 0.1
     assert sim.kernel.render().count("bond0-ip6tnl1") == len(NETWORKS)
+
+
+def test_a_silent_target_whose_beacons_are_heard_is_not_called_down_for_a_while():
+    """Server steering hears vpn-shoot 0 through another server: only the server between us
+    failed, and the bonds are moving. Its down verdict waits, at most witness_max."""
+    cfg = config(preference=(0, 1))
+    cfg = CoreConfig(**{**cfg.__dict__, "witness_hold": 0.4, "witness_max": 3.0})
+    sim = Simulation([Path(outages=((5.0, 20.0),)), Path()], seed=4, core_config=cfg)
+    for k in range(int(5.0 / 0.2), int(20.0 / 0.2)):
+        sim.at(k * 0.2, PeerAlive(k * 0.2, 0))  # its beacons keep coming
+    sim.run(12.0)
+    (down,) = sim.result.times_entering(Health.DOWN, target=0)
+    assert 5.0 + 3.0 <= down <= 5.0 + 3.0 + 0.5
+    assert [new for _, _, new in sim.result.switches] == [0, 1]
+
+
+def test_without_beacons_the_silence_alone_decides():
+    cfg = config(preference=(0, 1))
+    cfg = CoreConfig(**{**cfg.__dict__, "witness_hold": 0.4, "witness_max": 3.0})
+    sim = Simulation([Path(outages=((5.0, 20.0),)), Path()], seed=4, core_config=cfg)
+    sim.run(12.0)
+    (down,) = sim.result.times_entering(Health.DOWN, target=0)
+    assert down < 5.0 + 0.5
