@@ -20,7 +20,10 @@ from ipaddress import IPv6Address
 
 from prometheus_client import CollectorRegistry
 
-from announcement import encode
+import asyncio_dgram
+
+from announcement import Rejected, encode
+from announcement.leaving import LEAVING_PORT, decode_leaving
 from bonding.plan import seed_tunnel_name
 from daemonkit.effects import Log, Metric, apply_metric, write_log
 from daemonkit.lifecycle import Heartbeats
@@ -31,6 +34,7 @@ from path_controller.core import (
     CoreConfig,
     Effect,
     Event,
+    Leaving,
     PathCore,
     PeerAlive,
     ProbeExpired,
@@ -191,7 +195,7 @@ class PathController:
     def tasks(self) -> dict:
         loops = {
             "echo-reader": self.pinger.run(), "decisions": self._decision_loop(), "routes": self._route_worker(),
-            "kernel-events": self._event_loop(), "announce": self._announce_loop(),
+            "kernel-events": self._event_loop(), "announce": self._announce_loop(), "leaving": self._leaving_loop(),
         }
         if self.steering is not None:
             loops.update(self.steering.tasks())
@@ -314,6 +318,52 @@ class PathController:
                 except KERNEL_ERRORS as exc:
                     failures.append(f"remove {network}: {exc}")
         return RoutesWritten(self.clock(), work.primary, work.oif, tuple(failures))
+
+    # --- leaving notices (a vpn-shoot drains) --------------------------------
+
+    async def _leaving_loop(self) -> None:
+        """Listen on [bond address]:LEAVING_PORT for vpn-shoots that drain."""
+        stream = None
+        while stream is None:
+            address = await self._bond_address_or_none()
+            if address is not None:
+                try:
+                    stream = await asyncio_dgram.bind((str(address), LEAVING_PORT))
+                except OSError as exc:
+                    if self.log_limit.allow("leaving-bind") is not None:
+                        LOG.warning("cannot listen for leaving notices yet", extra={"error": str(exc)})
+            if stream is None:
+                await asyncio.sleep(1.0)
+        try:
+            while True:
+                try:
+                    data, addr = await stream.recv()
+                except OSError:
+                    continue
+                self._leaving_notice(data, addr[0])
+        finally:
+            stream.close()
+
+    async def _bond_address_or_none(self) -> IPv6Address | None:
+        try:
+            return await self.kernel.bond_address()
+        except KERNEL_ERRORS:
+            return None
+
+    def _leaving_notice(self, data: bytes, sender: str) -> None:
+        try:
+            source = IPv6Address(sender.partition("%")[0])
+            j = self.target_index.get(source)
+            if j is None:
+                raise Rejected("foreign-source", f"{source} is no vpn-shoot")
+            decode_leaving(data, source=source, key=self.key, now_ms=self.wall_ms())
+        except (Rejected, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, Rejected) else "malformed"
+            self.metrics.leaving_rejected.labels(reason).inc()
+            if self.log_limit.allow(("leaving", reason)) is not None:
+                LOG.warning("leaving notice ignored", extra={"reason": reason, "source": sender})
+            return
+        self.post(Leaving(self.clock(), j))
 
     # --- announcements ----------------------------------------------------
 

@@ -88,6 +88,14 @@ class PeerAlive:
 
 
 @dataclass(frozen=True)
+class Leaving:
+    """vpn-shoot ``target`` drains (its notice arrived): no new connection there."""
+
+    now: float
+    target: int
+
+
+@dataclass(frozen=True)
 class LinkChanged:
     now: float
     link: LinkFacts
@@ -132,7 +140,7 @@ class RoutesWritten:
 
 
 Event = (
-    Started | Tick | Answered | SendFailed | ProbeExpired | PeerAlive | LinkChanged | RouteChanged
+    Started | Tick | Answered | SendFailed | ProbeExpired | PeerAlive | Leaving | LinkChanged | RouteChanged
     | RoutesRead | RoutesUnreadable | RoutesWritten
 )
 
@@ -178,6 +186,7 @@ class CoreConfig:
     # only the server between us failed, and steering is moving the bonds (0: off).
     witness_hold: float = 0.0
     witness_max: float = 3.0
+    leaving_for: float = 5.0  # a vpn-shoot counts as leaving this long after its last notice
     retry_min: float = 0.05  # route writes that failed: first retry, doubling up to retry_max
     retry_max: float = 1.0
     bond_device: str = "bond0"
@@ -202,6 +211,7 @@ class PathCore:
         self.retry_at = float("-inf")
         self.backoff = Backoff(config.retry_min, config.retry_max)
         self.resync_at = now + config.route_resync_interval
+        self.leaving: dict[int, float] = {}  # vpn-shoot → its last leaving notice
         self._out: list[Effect] = []
 
     # --- the one entry point -------------------------------------------------
@@ -217,6 +227,7 @@ class PathCore:
     def next_wakeup(self) -> float:
         """When the runner must send a Tick if nothing else happens first."""
         wakeups = [self.probing.next_wakeup(), self.resync_at]
+        wakeups += [at + self.config.leaving_for for at in self.leaving.values() if at + self.config.leaving_for > self.now]
         if self.routes_wanted and self.route_work is None and self.retry_at > self.now:
             wakeups.append(self.retry_at)  # a retry after its backoff
         if self.selector is not None and self.selector.primary is None:
@@ -283,6 +294,20 @@ class PathCore:
 
     def _on_ProbeExpired(self, event: ProbeExpired) -> None:
         self._metric("probes_lost", "inc", 1, (event.target,))
+
+    def _on_Leaving(self, event: Leaving) -> None:
+        self._metric("leaving_notices", "inc", 1, (event.target,))
+        if event.target not in self.leaving:
+            self._log(logging.INFO, "vpn-shoot leaving: no new connections there", {
+                "target": event.target, "address": str(self.config.targets[event.target]),
+            })
+        self.leaving[event.target] = self.now
+
+    def _leaving_now(self) -> frozenset[int]:
+        for j, at in list(self.leaving.items()):
+            if self.now - at > self.config.leaving_for:
+                del self.leaving[j]  # gone (down) or kept after all
+        return frozenset(self.leaving)
 
     def _on_PeerAlive(self, event: PeerAlive) -> None:
         if self.config.witness_hold > 0:
@@ -381,7 +406,7 @@ class PathCore:
         if self.selector is None:
             return
         was_stranded = self.selector.stranded
-        switch = self.selector.decide(self.probing.views(), self.now)
+        switch = self.selector.decide(self.probing.views(), self.now, self._leaving_now())
         if switch is not None:
             self._switched(switch)
         if self.selector.stranded and not was_stranded:

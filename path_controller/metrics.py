@@ -13,6 +13,7 @@ from path_controller.bondwatch import FAILOVER_EVENTS
 from path_controller.probe import Health
 from path_controller.selection import SWITCH_REASONS
 
+LEAVING_REJECTS = ("oversized", "malformed", "unauthenticated", "bad-mac", "source-mismatch", "stale", "foreign-source")
 RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -47,6 +48,13 @@ class PathMetrics:
         self.routes_consistent = Gauge(f"{ns}_routes_consistent", "1 when every shoot route points at the primary.", registry=registry)
         self.route_sync_errors = Counter(f"{ns}_route_sync_errors_total", "Failed netlink route operations.", registry=registry)
         self.route_repairs = Counter(f"{ns}_route_repairs_total", "Routes rewritten because they differed from the desired state.", registry=registry)
+        self.leaving_notices = Counter(
+            f"{ns}_leaving_notices_total", "Notices of a draining vpn-shoot (no new connections there).", ["target"],
+            registry=registry,
+        )
+        self.leaving_rejected = Counter(
+            f"{ns}_leaving_rejected_total", "Leaving notices ignored, by reason.", ["reason"], registry=registry,
+        )
         self.announcements = Counter(f"{ns}_announcements_sent_total", "Announcements sent.", ["target"], registry=registry)
         self.announcement_errors = Counter(f"{ns}_announcement_errors_total", "Announcements the kernel refused.", ["target"], registry=registry)
         self.primary.set(-1)
@@ -55,6 +63,8 @@ class PathMetrics:
             self.switches.labels(reason)
         for event in FAILOVER_EVENTS:
             self.bond_failovers.labels(event)
+        for reason in LEAVING_REJECTS:
+            self.leaving_rejected.labels(reason)
         self.add_targets(targets)
 
     def add_targets(self, count: int) -> None:
@@ -63,7 +73,7 @@ class PathMetrics:
         The dead-interval and lost-probe-deadline gauges appear with their first value: 0
         would be a wrong one."""
         per_target = (self.target_up, self.target_state, self.rtt, self.probes_sent, self.probes_lost,
-                      self.probe_send_errors, self.announcements, self.announcement_errors)
+                      self.probe_send_errors, self.announcements, self.announcement_errors, self.leaving_notices)
         for j in range(count):
             for metric in per_target:
                 metric.labels(j)

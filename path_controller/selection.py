@@ -30,7 +30,8 @@ from path_controller.probe import Health
 
 INITIAL = "initial"  # the first primary (nothing to adopt)
 PRIMARY_DOWN = "primary down"
-SWITCH_REASONS = (INITIAL, PRIMARY_DOWN)
+LEAVING = "leaving"  # the primary's vpn-shoot drains (SIGTERM): new connections go elsewhere
+SWITCH_REASONS = (INITIAL, PRIMARY_DOWN, LEAVING)
 
 
 def preference_order(identity: str, targets: int) -> list[int]:
@@ -67,15 +68,21 @@ class PathSelector:
         """Keep the primary until ``until`` (this node's bond is failing over)."""
         self.hold_until = max(self.hold_until, until)
 
-    def decide(self, targets: Mapping[int, TargetView], now: float) -> Switch | None:
-        """A Switch when the primary must change, else None."""
+    def decide(self, targets: Mapping[int, TargetView], now: float, leaving: frozenset[int] = frozenset()) -> Switch | None:
+        """A Switch when the primary must change, else None. ``leaving``: vpn-shoots that
+        drain; they take no new primary, and a primary that drains is left for a healthy one."""
         states = {j: target.state for j, target in targets.items()}
         if self.primary is None:
-            return self._first_choice(states, now)
+            return self._first_choice(states, now, leaving)
         if states[self.primary] is not Health.DOWN:
             self.stranded = False
+            if self.primary in leaving:
+                staying = [j for j in self.order if j not in leaving and states[j].healthy]
+                if staying:
+                    return self._switch(staying[0], LEAVING)
             return None
-        healthy = [j for j in self.order if j != self.primary and states[j].healthy]
+        # Those that stay first; a leaving one is still better than none.
+        healthy = sorted((j for j in self.order if j != self.primary and states[j].healthy), key=lambda j: j in leaving)
         self.stranded = not healthy
         if now < self.hold_until:
             return None
@@ -85,9 +92,9 @@ class PathSelector:
                 return self._switch(candidate, PRIMARY_DOWN)
         return None  # the others were silent too: wait until one answers while the primary does not
 
-    def _first_choice(self, states: Mapping[int, Health], now: float) -> Switch | None:
+    def _first_choice(self, states: Mapping[int, Health], now: float, leaving: frozenset[int]) -> Switch | None:
         in_grace = now - self.started < self.startup_grace
-        for candidate in self.order:
+        for candidate in sorted(self.order, key=lambda j: j in leaving):
             state = states[candidate]
             if state.healthy:
                 return self._switch(candidate, INITIAL)

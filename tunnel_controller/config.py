@@ -72,6 +72,11 @@ class TunnelSettings(SteeringSettings):
         30.0, gt=0,
         description="longest retry interval (vpn2: fixed 30 s); at least `TUNNEL_RETRY_MIN`",
     )
+    drain_seconds: Duration = Field(
+        20.0, ge=0, le=3600,
+        description="after SIGTERM: keep the tunnels serving and tell every kube-apiserver to send no new "
+        "connection here for this long (the pod's OpenVPN clients must outlive it: preStop); 0: exit at once",
+    )
     resync_interval: Duration = Field(60.0, gt=0, description="full comparison with the kernel this often")
     listen_timeout: Duration = Field(
         15.0, gt=0,

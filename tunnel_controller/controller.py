@@ -22,6 +22,7 @@ from collections.abc import Callable
 from ipaddress import IPv6Address
 
 from announcement import ANNOUNCE_PORT, Rejected, decode
+from announcement.leaving import LEAVING_PORT, encode_leaving
 from daemonkit.lifecycle import Daemon, ExitCode, Heartbeats, StartupError
 from daemonkit.logs import RateLimiter
 from netlink_adapter.addresses import IFA_F_NOT_USABLE, describe_address_flags
@@ -42,6 +43,7 @@ from tunnel_controller.watchdog import Watchdog
 LOG = logging.getLogger("tunnel_controller")
 
 LISTEN_RETRY = 0.2
+LEAVING_EVERY = 0.5  # seconds between two leaving notices to each kube-apiserver
 
 
 class TunnelController:
@@ -62,6 +64,7 @@ class TunnelController:
         self.wall_ms = wall_ms
         self.key = settings.announce_key()
         self.steering: SteeringRunner | None = None
+        self.draining = False
         self.registry = PeerRegistry(
             expiry=settings.peer_expiry,
             max_peers=settings.max_peers,
@@ -276,6 +279,8 @@ class TunnelController:
     # --- run ------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "draining: this vpn-shoot is leaving"
         if self.steering is not None and (alone := self.steering.alone()) is not None:
             return False, alone
         return self.registry.readiness()
@@ -320,7 +325,37 @@ class TunnelController:
             await self._start_steering(daemon)
         daemon.loops({"receive": self._receive_loop(), "reconcile": self._reconcile_loop(),
                       "watchdog": self._watchdog_loop()})
-        return await daemon.supervise()
+        outcome = await daemon.supervise()
+        if outcome is ExitCode.OK and self.settings.drain_seconds > 0:
+            await self._drain()  # the loops keep running: tunnels and routes stay in service
+        return outcome
+
+    async def _drain(self) -> None:
+        """Stopped (the pod goes away): tell every kube-apiserver to send no new
+        connection here, while the tunnels and routes keep carrying the open ones,
+        for DRAIN_SECONDS (the OpenVPN clients must outlive this: preStop)."""
+        self.draining = True
+        if self.steering is not None:
+            self.steering.core.draining = True  # the beacons say so too
+        local = self.reconciler.local
+        until = self.clock() + self.settings.drain_seconds
+        LOG.info("draining: telling the kube-apiservers this vpn-shoot leaves",
+                 extra={"kube_apiservers": len(self.registry), "seconds": self.settings.drain_seconds})
+        sender = await listener.open_sender(local)
+        try:
+            while self.clock() < until:
+                notice = encode_leaving(local, self.wall_ms(), self.key)
+                for peer in list(self.registry.peers.values()):
+                    try:
+                        await sender.send(notice, (str(peer.remote), LEAVING_PORT))
+                        self.metrics.leaving_notices.labels("sent").inc()
+                    except OSError:
+                        self.metrics.leaving_notices.labels("failed").inc()
+                self.heartbeats.beat("reconcile")
+                await asyncio.sleep(min(LEAVING_EVERY, max(0.0, until - self.clock())))
+        finally:
+            sender.close()
+        LOG.info("drained; exiting with tunnels and routes left in place")
 
     def _stop_listening(self) -> None:
         if self.stream is not None:

@@ -35,6 +35,11 @@ async def bind_announcements(address: IPv6Address, port: int) -> asyncio_dgram.D
         raise
 
 
+async def open_sender(address: IPv6Address) -> asyncio_dgram.DatagramServer:
+    """A UDP6 socket bound to ``address`` (the bond address: what receivers check)."""
+    return await asyncio_dgram.bind((str(address), 0))
+
+
 async def send_management_command(host: str, port: int, command: bytes = SIGHUP_COMMAND) -> None:
     """Write ``command`` to an OpenVPN management interface and hang up (as vpn2 does)."""
     async with asyncio.timeout(MANAGEMENT_TIMEOUT):

@@ -63,6 +63,12 @@ class Metrics:
         self.watchdog_signals = Counter(
             f"{PREFIX}_watchdog_signals", "SIGHUPs sent to OpenVPN management ports, by result", ["result"], registry=r
         )
+        self.leaving_notices = Counter(
+            f"{PREFIX}_leaving_notices", "notices sent while draining: send no new connections here", ["result"],
+            registry=r,
+        )
+        for result in ("sent", "failed"):
+            self.leaving_notices.labels(result)
         for reason in RejectReason:
             self.rejected.labels(reason)
         for form in FORMS:

@@ -321,3 +321,21 @@ def test_vpn_shoot_statefulset_is_vpn2s_shape():
     assert [c["name"] for c in spec["containers"]] == ["vpn-shoot-s0", "vpn-shoot-s1", "tunnel-controller"]
     env = env_of(dict(ours(spec))["bonding"])
     assert env["IS_SHOOT_CLIENT"] == "true"
+
+
+def test_the_vpn_shoots_openvpn_clients_outlive_the_tunnel_controllers_drain():
+    """A planned roll of a vpn-shoot: after SIGTERM its tunnel-controller drains for
+    DRAIN_SECONDS (the kube-apiservers send new connections elsewhere) while the open
+    ones keep flowing; that needs the OpenVPN clients alive until the drain ends."""
+    (shoot,) = [w for w in workloads() if w["metadata"]["name"] == "vpn-shoot"]
+    spec = shoot["spec"]["template"]["spec"]
+    drain = TunnelSettings.model_fields["drain_seconds"].default
+    (tunnel_controller,) = [c for program, c in ours(spec) if program == "tunnel-controller"]
+    env = {e["name"]: e.get("value") for e in tunnel_controller.get("env", [])}
+    drain = float(env.get("DRAIN_SECONDS", drain))
+    clients = [c for c in spec["containers"] if c["name"] in ("vpn-shoot-s0", "vpn-shoot-s1")]
+    assert len(clients) == 2
+    for client in clients:
+        command = client["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep" and float(command[1]) > drain, client["name"]
+        assert spec["terminationGracePeriodSeconds"] > float(command[1]) + 5

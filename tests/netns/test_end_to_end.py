@@ -39,7 +39,8 @@ async def topo(tmp_path_factory):
     async with Namespaces(logs, long_lived=True) as spaces:
         topology = await HaTopology.build(
             spaces.make_netns, spaces.ipr_factory, spaces.processes, workdir,
-            tc_env={"PEER_EXPIRY": PEER_EXPIRY}, pc_env={"PROBE_FAILOVER_HOLD": HOLD},
+            # DRAIN_SECONDS 0: the restart test stops a tunnel-controller and expects it gone at once.
+            tc_env={"PEER_EXPIRY": PEER_EXPIRY, "DRAIN_SECONDS": 0}, pc_env={"PROBE_FAILOVER_HOLD": HOLD},
         )
         topology.udp_echo = await UdpEchoServer(topology.shoot_net, SHOOT_TARGETS).start()
         topology.tcp_echo = await TcpEchoServer(topology.shoot_net).start()

@@ -25,6 +25,8 @@ from tests.netns.nsutil import ns_socket
 from tests.netns.topology import Peer
 
 ROUTE_PROTOCOL = 119  # set for every daemon these tests start, not taken from the default
+# These tests stop daemons to see what they leave; draining after SIGTERM is tested on its own.
+DRAIN_SECONDS = 0
 STARTUP_TIMEOUT = 60.0  # Python starts in ~2 s under UML; a loaded CI box can take much longer
 
 
@@ -36,7 +38,7 @@ class Daemon:
 
     def __init__(self, processes: nsutil.ProcessGroup, ns: str, name: str = "tunnel-controller", **env):
         self.ns = ns
-        settings = {"LOG_LEVEL": "debug", "ROUTE_PROTOCOL": ROUTE_PROTOCOL, **env}
+        settings = {"LOG_LEVEL": "debug", "ROUTE_PROTOCOL": ROUTE_PROTOCOL, "DRAIN_SECONDS": DRAIN_SECONDS, **env}
         self.proc = processes.start(
             ns, [nsutil.PYTHON, "-m", "tunnel_controller"], env=nsutil.daemon_env(**settings), name=name
         )

@@ -31,7 +31,7 @@ DURATIONS = {
     },
     TunnelSettings: {
         "watchdog_timeout", "watchdog_grace", "peer_expiry", "announce_max_age", "tunnel_retry_min",
-        "tunnel_retry_max", "resync_interval", "listen_timeout", *STEERING,
+        "tunnel_retry_max", "resync_interval", "listen_timeout", "drain_seconds", *STEERING,
     },
     BondingSettings: set(),  # BOND_NS_INTERVAL_MS stays an integer of ms, as the kernel's arp_interval
 }

@@ -15,6 +15,7 @@ from netlink_adapter.ip6tnl import ARPHRD_TUNNEL6
 from netlink_adapter.links import LinkFacts
 from path_controller.core import (
     CoreConfig,
+    Leaving,
     PeerAlive,
     Answered,
     LinkChanged,
@@ -243,3 +244,12 @@ def test_without_beacons_the_silence_alone_decides():
     sim.run(12.0)
     (down,) = sim.result.times_entering(Health.DOWN, target=0)
     assert down < 5.0 + 0.5
+
+
+def test_a_leaving_primary_is_left_and_the_notice_expires():
+    sim = Simulation([Path(), Path()], seed=5, core_config=config(preference=(0, 1)))
+    for k in range(10):
+        sim.at(2.0 + 0.5 * k, Leaving(2.0 + 0.5 * k, 0))  # notices for 5 s, then the pod is gone
+    sim.run(20.0)
+    assert [(reason, new) for _, reason, new in sim.result.switches] == [("initial", 0), ("leaving", 1)]
+    assert sim.core.leaving == {}  # expired: vpn-shoot 0 may be chosen again (no fail-back, though)

@@ -152,3 +152,19 @@ def test_a_primary_still_down_when_the_hold_ends_is_left():
     selector.hold(11.0)  # holds only extend
     assert selector.decide(states(D, U), 11.4) is None
     assert selector.decide(states(D, U), 11.5).new == 1
+
+
+def test_a_leaving_primary_is_left_for_a_healthy_one_that_stays():
+    selector = PathSelector([0, 1], now=0.0, startup_grace=0.7, adopted=0)
+    switch = selector.decide(states(U, U), 1.0, leaving=frozenset({0}))
+    assert (switch.old, switch.new, switch.reason) == (0, 1, "leaving")
+
+
+def test_a_leaving_primary_stays_when_nothing_else_is_healthy():
+    selector = PathSelector([0, 1], now=0.0, startup_grace=0.7, adopted=0)
+    assert selector.decide(states(U, D), 1.0, leaving=frozenset({0})) is None
+
+
+def test_the_first_choice_avoids_a_leaving_target():
+    selector = PathSelector([0, 1], now=0.0, startup_grace=0.7)
+    assert selector.decide(states(U, U), 0.1, leaving=frozenset({0})).new == 1
