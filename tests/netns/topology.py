@@ -23,7 +23,7 @@ from netlink_adapter import AsyncIPRoute
 from netlink_adapter.addresses import ensure_only_address
 from netlink_adapter.bond import BondSpec, ensure_bond
 from netlink_adapter.ip6tnl import ensure_ip6tnl
-from netlink_adapter.links import link_index
+from netlink_adapter.links import link_by_name, link_index
 from tests.netns import nsutil
 from tests.netns.faults import QdiscCounters, root_qdisc_counters
 
@@ -126,7 +126,7 @@ class BondLab:
 
     async def carrier(self, peer: Peer, server: int) -> bool:
         """Whether the peer's slave to server ``server`` has carrier (what its bond sees)."""
-        link = await links.link_by_name(self._peer_ipr[peer.name], f"eth{server}")
+        link = await link_by_name(self._peer_ipr[peer.name], f"eth{server}")
         return bool(link.get("IFLA_CARRIER"))
 
     def netem(self, peer: Peer, spec: str | None, server: int | None = None) -> None:

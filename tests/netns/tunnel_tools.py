@@ -9,8 +9,8 @@ import json
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 
 from announcement import ANNOUNCE_PORT
