@@ -55,9 +55,11 @@ async def all_flows(netns: str | None = None) -> list[Flow]:
 
 
 @translated
-async def flush_mark(mark: int, mask: int, netns: str | None = None) -> None:
-    """Delete every entry with ``ct mark & mask == mark`` (both families, one request)."""
+async def flush_mark(mark: int, mask: int, netns: str | None = None) -> list[Flow]:
+    """Delete every entry with ``ct mark & mask == mark`` (both families, one request); the flows it had."""
     if not mark:
         raise ValueError("flush_mark(0) would delete every unmarked connection")
     async with _conntrack(netns) as conntrack:
+        flows = [_flow(entry) async for entry in await conntrack.dump_entries(mark=mark, mark_mask=mask)]
         await conntrack.flush(mark=mark, mark_mask=mask)
+    return flows

@@ -177,7 +177,7 @@ class ConnectionPinning:
         if not targets:
             raise ValueError("new connections to no vpn-shoot")
         if without := [j for j in targets if self.tunnels.get(j) is None]:
-            raise LookupError(f"vpn-shoot(s) {without} have no tunnel (tunnel_changed first): new connections would fail")
+            raise LookupError(f"vpn-shoot(s) {without}: no tunnel yet (tunnel_changed first), connections would fail")
         await self._change(lambda state: replace(state, new_connections=targets, pinned=state.pinned | set(targets)))
 
     async def main_routes_through(self, j: int | None) -> None:
@@ -185,7 +185,7 @@ class ConnectionPinning:
 
         Connections pinned to j then skip the re-route (it would pick the same
         path, at about 0.7 µs per packet). Call it with None before the main
-        table changes, and with the new j after.
+        table changes, and with the new j after (one rule each).
         """
         await self._change(lambda state: replace(state, main_table=j))
 
@@ -202,15 +202,15 @@ class ConnectionPinning:
     async def close_connections(self, j: int) -> Closed:
         """vpn-shoot j is gone: its connections error now instead of hanging.
 
-        Refuses j, destroys the local sockets of its connections where the
-        kernel can (their owners see ECONNABORTED at once), and deletes its
-        conntrack entries. Where sockets cannot be destroyed, a connection
-        errors at its next transmission (the next TCP retransmission: up to
-        3 s after a loss), an idle one at its next write.
+        Refuses j, deletes its conntrack entries, and destroys the local
+        sockets of those connections where the kernel can (their owners see
+        ECONNABORTED at once, idle or not). Where sockets cannot be
+        destroyed, a connection errors at its next transmission (the next
+        TCP retransmission: up to 3 s after a loss), an idle one at its next
+        write.
         """
         await self.refuse(j)
-        mark, mask = self.config.mark_of(j), self.config.mark_mask
-        flows = await flows_with_mark(mark, mask, self.netns)
+        flows = await flush_mark(self.config.mark_of(j), self.config.mark_mask, self.netns)
         destroyed = 0
         if self.sockets_destroyable is not False:
             try:
@@ -218,7 +218,6 @@ class ConnectionPinning:
                 self.sockets_destroyable = True
             except KernelFeatureMissing:
                 self.sockets_destroyable = False
-        await flush_mark(mark, mask, self.netns)
         return Closed(flushed=len(flows), destroyed=destroyed)
 
     # --- teardown (tests, cleanup) -------------------------------------------

@@ -9,8 +9,10 @@ One inet table; each kind of change rewrites one small chain:
     chain classify           ct state not new: return; ct mark already ours: return (a retransmitted
                              SYN keeps its choice); jump new-connections
     chain new-connections    ct mark |= j, or ct mark = @spread[numgen random mod n]
-    chain pin                main table's vpn-shoot j: return (the main table routes it there anyway);
-                             pinned to vpn-shoot j: meta mark |= j   (ip rule fwmark j → table of j)
+    chain pin                jump main-table; pinned to vpn-shoot j: meta mark |= j
+                             (ip rule fwmark j → table of j)
+    chain main-table         the main table's vpn-shoot j: accept, unmarked (the main table routes it
+                             there anyway; the re-route would cost about 0.7 µs per packet)
 
 Rules carry comments (``nft list ruleset`` shows them); a restarted
 path-controller reads its predecessor's choices back from them.
@@ -28,15 +30,15 @@ from netlink_adapter.nft_expressions import Rule
 
 IPNetwork = IPv4Network | IPv6Network
 ROUTE_CHAIN, REFUSE_CHAIN, CLASSIFY_CHAIN = "route", "refuse", "classify"
-NEW_CHAIN, PIN_CHAIN = "new-connections", "pin"
-CHAINS = (REFUSE_CHAIN, NEW_CHAIN, CLASSIFY_CHAIN, PIN_CHAIN, ROUTE_CHAIN)  # each after those it jumps to
+NEW_CHAIN, PIN_CHAIN, MAIN_CHAIN = "new-connections", "pin", "main-table"
+CHAINS = (REFUSE_CHAIN, NEW_CHAIN, CLASSIFY_CHAIN, MAIN_CHAIN, PIN_CHAIN, ROUTE_CHAIN)  # each after those it jumps to
 SPREAD_MAP = "spread"
 # The chains a change of a PinningState field rewrites.
 CHAINS_OF = {
     "networks": (ROUTE_CHAIN,),
     "refused": (REFUSE_CHAIN,),
     "new_connections": (NEW_CHAIN,),
-    "main_table": (PIN_CHAIN,),
+    "main_table": (MAIN_CHAIN,),
     "pinned": (PIN_CHAIN,),
 }
 
@@ -134,15 +136,24 @@ def render(state: PinningState, config: PinningConfig) -> Ruleset:
         spread = {x.u32(i): x.u32(config.mark_of(j)) for i, j in enumerate(targets)}
         new.append((x.ct_mark_set_from_random_map(SPREAD_MAP, len(targets)), new_connections_comment(targets)))
 
-    pin: Rules = []
-    if state.main_table is not None:
-        skip = x.ct_mark_is(mask, config.mark_of(state.main_table)) + [x.verdict(x.RETURN)]
-        pin.append((skip, f"main table's vpn-shoot {state.main_table}: no re-route"))
+    main: Rules = []
+    if state.main_table is not None:  # accept: this chain's end (a return would only leave main-table)
+        skip = x.ct_mark_is(mask, config.mark_of(state.main_table)) + [x.verdict(x.ACCEPT)]
+        main.append((skip, f"main table's vpn-shoot {state.main_table}: no re-route"))
+
+    pin: Rules = [([x.verdict(x.JUMP, MAIN_CHAIN)], "on the main table's path")]
     for j in sorted(state.pinned):
         mark = config.mark_of(j)
         pin.append((x.ct_mark_is(mask, mark) + x.meta_mark_merge(mask, mark), f"pinned to vpn-shoot {j}"))
 
-    chains = {ROUTE_CHAIN: route, REFUSE_CHAIN: refuse, CLASSIFY_CHAIN: classify, NEW_CHAIN: new, PIN_CHAIN: pin}
+    chains = {
+        ROUTE_CHAIN: route,
+        REFUSE_CHAIN: refuse,
+        CLASSIFY_CHAIN: classify,
+        NEW_CHAIN: new,
+        PIN_CHAIN: pin,
+        MAIN_CHAIN: main,
+    }
     return Ruleset(chains, spread)
 
 

@@ -79,7 +79,7 @@ async def test_conntrack_by_mark_covers_both_families(netns):
         (socket.AF_INET6, socket.IPPROTO_UDP, ip_address("::1"), 9),
     }
     assert await flows_with_mark(MARK << 1, MASK, netns) == []
-    await flush_mark(MARK, MASK, netns)
+    assert await flush_mark(MARK, MASK, netns) == flows, "what was flushed"
     assert await flows_with_mark(MARK, MASK, netns) == []
     assert {flow.proto for flow in await all_flows(netns)} == {socket.IPPROTO_ICMP}, "the unmarked entry stays"
     for mark_zero in (flows_with_mark, flush_mark):

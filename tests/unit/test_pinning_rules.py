@@ -54,17 +54,15 @@ def test_the_chains():
     assert comments(chains["refuse"]) == ["refuse vpn-shoot 2: tcp reset", "refuse vpn-shoot 2: admin-prohibited"]
     assert comments(chains["classify"]) == ["not a new connection", "decided at its first packet", "choose"]
     assert comments(chains["new-connections"]) == ["new connections: vpn-shoot 1"]
-    assert comments(chains["pin"]) == [
-        "main table's vpn-shoot 1: no re-route",
-        "pinned to vpn-shoot 0",
-        "pinned to vpn-shoot 1",
-    ]
+    assert comments(chains["pin"]) == ["on the main table's path", "pinned to vpn-shoot 0", "pinned to vpn-shoot 1"]
+    assert comments(chains["main-table"]) == ["main table's vpn-shoot 1: no re-route"]
     assert render(state, PinningConfig()).spread == {}
 
 
 def test_each_kind_of_change_has_its_chain():
     assert set(CHAINS_OF) == set(PinningState.__dataclass_fields__)
     assert {chain for chains in CHAINS_OF.values() for chain in chains} == set(CHAINS) - {"classify"}
+    assert CHAINS_OF["main_table"] == ("main-table",), "a switch's extra steps rewrite one rule"
 
 
 def test_spread_fills_the_map():
@@ -75,7 +73,8 @@ def test_spread_fills_the_map():
 
 def test_unpinned_state_marks_nothing():
     chains = render(PinningState(NETWORKS), PinningConfig()).chains
-    assert chains["new-connections"] == [] and chains["pin"] == [] and chains["refuse"] == []
+    assert chains["new-connections"] == chains["main-table"] == chains["refuse"] == []
+    assert comments(chains["pin"]) == ["on the main table's path"]
 
 
 @pytest.mark.parametrize("new_connections", [(), (1,), (0, 1)])
