@@ -37,13 +37,14 @@ from pyroute2.netlink.nlsocket import NetlinkRequest
 from pyroute2.nftables.main import AsyncNFTables
 
 from netlink_adapter.errors import KernelError, KernelFeatureMissing, domain_error, translated
-from netlink_adapter.nft_expressions import Rule
+from netlink_adapter.nft_expressions import Rule, u32
 
 NFPROTO_INET = 1
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
-# nft's own numbers for the types of map keys and data (they only matter to `nft list`).
+# nft's own numbers for the types and byte order of map keys and data (they only matter to `nft list`).
 TYPE_INTEGER, TYPE_MARK = 4, 19
+BYTEORDER_HOST = 1
 
 
 @dataclass
@@ -114,7 +115,10 @@ class Transaction:
             ("NFTA_SET_DATA_TYPE", TYPE_MARK),
             ("NFTA_SET_DATA_LEN", 4),
             ("NFTA_SET_ID", set_id),
-        ]
+            # For `nft list` only: keys and values are host-order registers (as numgen and ct mark use them).
+            ("NFTA_SET_USERDATA", [("NFTNL_UDATA_SET_KEYBYTEORDER", u32(BYTEORDER_HOST)),
+                                   ("NFTNL_UDATA_SET_DATABYTEORDER", u32(BYTEORDER_HOST))]),
+        ]  # fmt: skip
         self._add(nft_set_msg, NFT_MSG_NEWSET, NLM_F_CREATE, attrs, f"add map {self.table}/{name}")
 
     def flush_map(self, name: str) -> None:
