@@ -26,12 +26,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mount", action="append", type=Path, default=[], help="host directory to mount read-write (repeatable)"
     )
+    parser.add_argument(
+        "--modules-dir",
+        type=Path,
+        help="kernel module tree (<dir>/<release>/modules.dep; default: $SANDBOX_MODULES_DIR, else the tree "
+        "scripts/install built with nftables for inet/ip/ip6, else /usr/lib/uml/modules)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments (after --)")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given")
-    sandbox = Sandbox(mounts=args.mount or [Path.cwd()], timeout=args.timeout, mem=args.mem)
+    sandbox = Sandbox(
+        mounts=args.mount or [Path.cwd()], timeout=args.timeout, mem=args.mem, modules_dir=args.modules_dir
+    )
     try:
         result = sandbox.run(command)
     except SandboxUnavailable as exc:

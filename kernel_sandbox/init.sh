@@ -5,8 +5,9 @@
 # kernel command-line variables (which the kernel hands to init as
 # environment): SANDBOX_DIR (a writable host directory holding cmd.sh; the
 # exit status is written back there), SANDBOX_MOUNTS (colon-separated host
-# directories to mount read-write at the same path) and SANDBOX_MODULES
-# (colon-separated modules to load; "name,arg=value" adds parameters).
+# directories to mount read-write at the same path), SANDBOX_MODULES
+# (colon-separated modules to load; "name,arg=value" adds parameters) and
+# SANDBOX_MODULES_DIR (the module tree: <dir>/<release>/modules.dep).
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 
@@ -31,11 +32,11 @@ done
 IFS=$old_ifs
 
 # /lib/modules does not exist on the (read-only) host root; give modprobe a
-# private module tree instead.
+# private module tree instead (Debian's, or one with rebuilt netfilter modules).
 release=$(uname -r)
 modroot=/run/sandbox-modules
 mkdir -p "$modroot/lib/modules/$release"
-mount --bind "/usr/lib/uml/modules/$release" "$modroot/lib/modules/$release"
+mount --bind "${SANDBOX_MODULES_DIR:-/usr/lib/uml/modules}/$release" "$modroot/lib/modules/$release"
 IFS=:
 for spec in $SANDBOX_MODULES; do
     IFS=,

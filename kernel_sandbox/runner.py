@@ -24,8 +24,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kernel_sandbox.modules import MODULES_DIR_VARIABLE, STOCK_MODULES, default_modules_dir, releases
+
 UML_BINARY = "linux.uml"
-UML_MODULES = Path("/usr/lib/uml/modules")
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
 
 # Modules the project's kernel tests need. bonding and dummy would otherwise
@@ -55,6 +56,16 @@ DEFAULT_MODULES = (
     "xt_TCPMSS",
     "xt_NETMAP",
     "xt_owner",
+    # Connection pinning (nf_tables inet, ct mark, reject, spread) and iptables-nft: the guest
+    # cannot autoload (its modprobe path has no modules), so everything is loaded up front.
+    "nf_tables",
+    "nft_ct",
+    "nft_reject_inet",
+    "nft_numgen",
+    "nft_hash",
+    "nft_compat",
+    "nft_chain_nat",
+    "nf_conntrack_netlink",
 )
 
 # Lines the guest kernel prints while powering off; they are not the command's.
@@ -89,11 +100,12 @@ class Sandbox:
     timeout: float = 1200.0
     mem: str = "2G"
     modules: Sequence[str] = DEFAULT_MODULES
+    modules_dir: Path | None = None  # None: kernel_sandbox.modules.default_modules_dir
     state_dir: Path | None = None
     env_skip: set[str] = field(default_factory=lambda: set(_ENV_SKIP))
 
     def check(self) -> tuple[str, Path]:
-        """Return (uml binary, modules dir) or raise SandboxUnavailable."""
+        """Return (uml binary, module tree) or raise SandboxUnavailable."""
         binary = shutil.which(UML_BINARY) or shutil.which(UML_BINARY, path="/usr/bin")
         if not binary:
             raise SandboxUnavailable(
@@ -102,13 +114,17 @@ class Sandbox:
             )
         if not shutil.which("modprobe", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin"):
             raise SandboxUnavailable("modprobe not found: install the Debian package kmod")
-        releases = sorted(UML_MODULES.iterdir()) if UML_MODULES.is_dir() else []
-        if not releases:
-            raise SandboxUnavailable(f"no UML kernel modules under {UML_MODULES}")
-        for mount in self.mounts:
+        stock = releases(STOCK_MODULES)
+        if not stock:
+            raise SandboxUnavailable(f"no UML kernel modules under {STOCK_MODULES}")
+        release = stock[-1]
+        modules_dir = (self.modules_dir or default_modules_dir(release)).resolve()
+        if release not in releases(modules_dir):
+            raise SandboxUnavailable(f"module tree {modules_dir} has no modules for the UML kernel {release}")
+        for mount in [*self.mounts, modules_dir]:
             if re.search(r"[\s:,]", str(mount)):
                 raise SandboxUnavailable(f"cannot pass {mount} to the guest (no spaces, ':' or ',')")
-        return binary, releases[-1]
+        return binary, modules_dir
 
     def run(
         self,
@@ -119,7 +135,7 @@ class Sandbox:
         output=None,
     ) -> SandboxResult:
         """Boot a guest, run ``argv`` in it, stream its output, return its status."""
-        binary, _ = self.check()
+        binary, modules_dir = self.check()
         output = output if output is not None else sys.stdout.buffer
         cwd = Path(cwd or os.getcwd()).resolve()
         mounts = [Path(m).resolve() for m in self.mounts]
@@ -146,6 +162,7 @@ class Sandbox:
                 f"SANDBOX_DIR={run_dir}",
                 f"SANDBOX_MOUNTS={':'.join(map(str, mounts))}",
                 f"SANDBOX_MODULES={':'.join(self.modules)}",
+                f"{MODULES_DIR_VARIABLE}={modules_dir}",
             ]
             (run_dir / "uml").mkdir()
             return self._boot(cmdline, run_dir, output)

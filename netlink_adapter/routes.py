@@ -17,6 +17,7 @@ IPNetwork = IPv4Network | IPv6Network
 RT_TABLE_MAIN = 254
 RTM_F_CLONED = 0x200  # a cached exception (e.g. a PMTU), not a route
 RTN_UNICAST = rt_type["unicast"]
+RTN_UNREACHABLE = rt_type["unreachable"]
 FAMILIES = (AF_INET, AF_INET6)
 _UNSPECIFIED = {AF_INET: "0.0.0.0", AF_INET6: "::"}
 
@@ -67,6 +68,12 @@ async def dump_routes(ipr: AsyncIPRoute, table: int | None = RT_TABLE_MAIN) -> l
 async def replace_route(ipr: AsyncIPRoute, dst: IPNetwork, oif: int, *, proto: int, table: int = RT_TABLE_MAIN) -> None:
     """``dst`` through ``oif`` in ``table``, marked with ``proto``, whatever was there before."""
     await ipr.route("replace", dst=str(dst), oif=oif, proto=proto, table=table, family=_family(dst))
+
+
+@translated
+async def replace_unreachable_route(ipr: AsyncIPRoute, dst: IPNetwork, *, proto: int, table: int) -> None:
+    """``unreachable dst`` in ``table``: a lookup there ends with EHOSTUNREACH instead of going on to the next rule."""
+    await ipr.route("replace", dst=str(dst), type="unreachable", proto=proto, table=table, family=_family(dst))
 
 
 @translated

@@ -166,14 +166,18 @@ class TcpEchoServer:
     async def _handle(self, reader, writer) -> None:
         self.writers.add(writer)
         try:
-            while data := await reader.read(4096):
-                writer.write(data)
-                await writer.drain()
+            await self.echo(reader, writer)
         except ConnectionError:
             pass
         finally:
             self.writers.discard(writer)
             writer.close()
+
+    async def echo(self, reader, writer) -> None:
+        """Echo one connection until it ends."""
+        while data := await reader.read(4096):
+            writer.write(data)
+            await writer.drain()
 
     async def aclose(self) -> None:
         for server in self.servers:
