@@ -115,7 +115,9 @@ def vpn2_rounds(settings: PathControllerSettings, now: float) -> Vpn2Rounds:
 
 def main() -> int:
     # Bond failovers are still counted, but hold nothing, as in vpn2.
-    return path_controller_main(policy=vpn2_rounds, program="vpn2-profile", overrides={"probe_failover_hold": 0.0})
+    return path_controller_main(policy=vpn2_rounds, program="vpn2-profile", overrides={
+        "probe_failover_hold": 0.0, "connection_pinning": False, "server_steering": False,
+    })
 
 
 if __name__ == "__main__":

@@ -124,8 +124,9 @@ def ct_direction_original() -> Rule:
     return [ct_load(CT_DIRECTION), cmp(CMP_EQ, bytes([CT_DIR_ORIGINAL]))]
 
 
-def l4proto_is(proto: int) -> Rule:
-    return [meta_load(META_L4PROTO), cmp(CMP_EQ, bytes([proto]))]
+def l4proto_is(proto: int, op: int = CMP_EQ) -> Rule:
+    """meta l4proto == proto (or !=)"""
+    return [meta_load(META_L4PROTO), cmp(op, bytes([proto]))]
 
 
 def daddr_in(network: IPv4Network | IPv6Network) -> Rule:

@@ -88,6 +88,23 @@ class PathControllerSettings(SteeringSettings):
     )
     route_resync_interval: Duration = Field(10.0, gt=0, description="seconds between full route checks")
 
+    # --- connection pinning -------------------------------------------------
+    connection_pinning: bool = Field(
+        True,
+        description="bind each new connection to the vpn-shoot chosen when it starts, so a switch moves only new"
+        " connections (nftables inet, conntrack, policy routing; where the kernel lacks them: one log line, off)",
+    )
+    path_mode: Literal["primary", "spread"] = Field(
+        "primary",
+        description="`primary`: new connections go to the primary; `spread`: each new connection to one of the"
+        " healthy vpn-shoots, at random (needs connection pinning)",
+    )
+    pin_close_after: Duration = Field(
+        1.5, gt=0, le=3600,
+        description="seconds a vpn-shoot stays down before its pinned connections are closed (they error instead"
+        " of hanging); a shorter stall leaves them to resume",
+    )
+
     # --- announcements ----------------------------------------------------
     announce_interval: Duration = Field(
         2.0, gt=0, le=60,

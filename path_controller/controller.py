@@ -31,12 +31,15 @@ from daemonkit.logs import RateLimiter
 from path_controller.config import PathControllerSettings
 from path_controller.core import (
     Answered,
+    ApplyPinning,
     CoreConfig,
     Effect,
     Event,
     Leaving,
     PathCore,
     PeerAlive,
+    PinningApplied,
+    PinningFailed,
     ProbeExpired,
     ReadRoutes,
     RoutesRead,
@@ -52,6 +55,8 @@ from netlink_adapter import AsyncIPRoute
 from netlink_adapter.errors import KERNEL_ERRORS
 from path_controller.metrics import PathMetrics
 from path_controller.netlink import Kernel, kernel_events
+from path_controller.pin_plan import PinChoice
+from path_controller.pinning import ConnectionPinning
 from path_controller.probe import ProbeTiming
 from path_controller.probing import Probing, ProbePolicy
 from path_controller.routes import plan_routes
@@ -86,7 +91,9 @@ def probe_timing(settings: PathControllerSettings) -> ProbeTiming:
     )
 
 
-def core_config(settings: PathControllerSettings, networks, steering: bool = False) -> CoreConfig:
+def core_config(
+    settings: PathControllerSettings, networks, steering: bool = False, pin_mode: str = "off",
+) -> CoreConfig:
     """With server steering the core knows when a vpn-shoot is alive behind a failing
     server (its beacons) and needs no guess from this node's own bond failing over."""
     targets = tuple(settings.targets)
@@ -101,6 +108,8 @@ def core_config(settings: PathControllerSettings, networks, steering: bool = Fal
         witness_hold=2 * settings.steering_beacon_interval if steering else 0.0,
         route_resync_interval=settings.route_resync_interval,
         tunnel_names=tuple(seed_tunnel_name(j) for j in range(len(targets))),
+        pin_mode=pin_mode,
+        pin_close_after=settings.pin_close_after,
     )
 
 
@@ -135,6 +144,7 @@ class PathController:
         self.registry = registry or CollectorRegistry()
         self.metrics = PathMetrics(self.registry, targets=len(self.targets))
         self.steering: SteeringRunner | None = None
+        self.pinning: ConnectionPinning | None = None
         self._witnessed: dict[int, float] = {}
         self.pinger = Pinger(self._on_answer, self._on_lost, clock=clock)
         self.announcer = Announcer()
@@ -142,7 +152,7 @@ class PathController:
         self.log_limit = RateLimiter(interval=30.0, clock=clock)
         self._events: deque[Event] = deque()
         self._wake = asyncio.Event()
-        self._route_work: asyncio.Queue[ReadRoutes | WriteRoutes] = asyncio.Queue()
+        self._route_work: asyncio.Queue[ReadRoutes | WriteRoutes | ApplyPinning] = asyncio.Queue()
 
     # --- start-up ---------------------------------------------------------
 
@@ -150,9 +160,6 @@ class PathController:
         await self.pinger.open()
         if self.settings.server_steering:
             await self._start_steering()
-        now = self.clock()
-        config = core_config(self.settings, self.route_plan.networks, steering=self.steering is not None)
-        self.core = PathCore(config, self.policy(self.settings, now), now)
         try:
             found_links = tuple(await self.kernel.links())
         except KERNEL_ERRORS as exc:
@@ -160,7 +167,11 @@ class PathController:
             found_links = ()
         tunnels = await self.kernel.tunnel_indexes(len(self.targets))
         routes = await self.kernel.routes(self.route_plan.networks)
-        await self._apply(self.core.handle(Started(self.clock(), found_links, routes, tunnels)))
+        pin_mode, pinned = await self._start_pinning(tunnels)
+        now = self.clock()
+        config = core_config(self.settings, self.route_plan.networks, steering=self.steering is not None, pin_mode=pin_mode)
+        self.core = PathCore(config, self.policy(self.settings, now), now)
+        await self._apply(self.core.handle(Started(self.clock(), found_links, routes, tunnels, pinned)))
         LOG.info(
             "path-controller started",
             extra={
@@ -169,8 +180,34 @@ class PathController:
                 "networks": [str(n) for n in self.route_plan.networks],
                 "announced_ips": [str(ip) for ip in self.route_plan.announced_ips],
                 "nat_mapped": self.route_plan.mapped,
+                "connection_pinning": pin_mode,
             },
         )
+
+    async def _start_pinning(self, tunnels: dict[int, int]) -> tuple[str, PinChoice | None]:
+        """The pinning mode this kernel allows, and what a predecessor left (adopted, not torn down)."""
+        settings = self.settings
+        if not settings.connection_pinning:
+            return "off", None
+        pinning = ConnectionPinning(self.kernel.ipr, settings.route_protocol)
+        mode = settings.path_mode
+        try:
+            lacking = await pinning.probe()
+            if lacking is None and mode == "spread" and (no_spread := await pinning.spread_supported()) is not None:
+                LOG.warning(f"PATH_MODE=spread not possible, new connections go to the primary: {no_spread}")
+                mode = "primary"
+            if lacking is None:
+                await pinning.install(self.route_plan.networks, tunnels)
+        except (*KERNEL_ERRORS, OSError) as exc:
+            lacking = f"cannot set up pinning: {exc}"
+        if lacking is not None:
+            LOG.warning(f"connection pinning off, every connection follows the primary (as with vpn2): {lacking}")
+            pinning.close()
+            return "off", None
+        self.pinning = pinning
+        self.metrics.pinning.set(1)
+        state = pinning.state
+        return mode, PinChoice(state.new_connections, state.refused) if state.new_connections else None
 
     async def _start_steering(self) -> None:
         local = await self.kernel.bond_address()
@@ -202,6 +239,9 @@ class PathController:
         return loops
 
     def close(self) -> None:
+        """Sockets only: the kernel's routes and pinning stay for the next instance."""
+        if self.pinning is not None:
+            self.pinning.close()
         self.pinger.close()
         self.announcer.close()
         if self.steering is not None:
@@ -292,6 +332,8 @@ class PathController:
             work = await self._route_work.get()
             if isinstance(work, ReadRoutes):
                 self.post(await self._read_routes(work))
+            elif isinstance(work, ApplyPinning):
+                self.post(await self._apply_pinning(work))
             else:
                 self.post(await self._write_routes(work))
             self.heartbeats.beat("routes")
@@ -306,6 +348,9 @@ class PathController:
 
     async def _write_routes(self, work: WriteRoutes) -> RoutesWritten:
         failures = []
+        moving = self.pinning is not None and work.replace
+        if moving:
+            failures += await self._pinning_step(self.pinning.main_routes_through(None))  # every pinned packet by mark
         for network in work.replace:
             try:
                 await self.kernel.replace(network, work.oif)
@@ -317,7 +362,35 @@ class PathController:
                     await self.kernel.remove(network)
                 except KERNEL_ERRORS as exc:
                     failures.append(f"remove {network}: {exc}")
+        if moving and not failures:
+            failures += await self._pinning_step(self.pinning.main_routes_through(work.primary))
         return RoutesWritten(self.clock(), work.primary, work.oif, tuple(failures))
+
+    @staticmethod
+    async def _pinning_step(step) -> list[str]:
+        try:
+            await step
+        except KERNEL_ERRORS as exc:
+            return [f"pinning: {exc}"]
+        return []
+
+    async def _apply_pinning(self, work: ApplyPinning) -> PinningApplied | PinningFailed:
+        """Tunnels first (their ifindexes are in the per-vpn-shoot tables), then close, allow, choose."""
+        pinning = self.pinning
+        closed = {}
+        try:
+            tunnels = await self.kernel.tunnel_indexes(len(self.targets))
+            for j in range(len(self.targets)):
+                if pinning.tunnels.get(j) != tunnels.get(j):
+                    await pinning.tunnel_changed(j, tunnels.get(j))
+            for j in sorted(work.close):
+                closed[j] = (await pinning.close_connections(j)).flushed
+            for j in sorted(work.allow):
+                await pinning.allow(j)
+            await pinning.new_connections_spread(work.choice.new_to)
+        except (*KERNEL_ERRORS, LookupError) as exc:
+            return PinningFailed(self.clock(), str(exc))
+        return PinningApplied(self.clock(), work.choice, closed)
 
     # --- leaving notices (a vpn-shoot drains) --------------------------------
 

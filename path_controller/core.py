@@ -27,13 +27,14 @@ from __future__ import annotations
 import logging
 from collections import Counter as Tally
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv6Address
 
 from daemonkit.backoff import Backoff
 from daemonkit.effects import Log, Metric
 from daemonkit.logs import RateLimiter
 from path_controller.bondwatch import BondWatch, LinkFacts
+from path_controller.pin_plan import PinChoice, PinPlan
 from path_controller.probe import Health, Transition
 from path_controller.probing import ProbePolicy
 from path_controller.routes import IPNetwork, Route, route_changes
@@ -50,6 +51,7 @@ class Started:
     links: tuple[LinkFacts, ...]
     routes: Mapping[IPNetwork, Route]
     tunnels: Mapping[int, int]  # vpn-shoot index → ifindex of bond0-ip6tnl<j>
+    pinned: PinChoice | None = None  # the pinning a predecessor left (adopted), if pinning is on
 
 
 @dataclass(frozen=True)
@@ -139,9 +141,24 @@ class RoutesWritten:
     failures: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class PinningApplied:
+    """Answer to ApplyPinning: the kernel pins as ``choice`` says; ``closed``: connections closed per vpn-shoot."""
+
+    now: float
+    choice: PinChoice
+    closed: Mapping[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PinningFailed:
+    now: float
+    problem: str
+
+
 Event = (
     Started | Tick | Answered | SendFailed | ProbeExpired | PeerAlive | Leaving | LinkChanged | RouteChanged
-    | RoutesRead | RoutesUnreadable | RoutesWritten
+    | RoutesRead | RoutesUnreadable | RoutesWritten | PinningApplied | PinningFailed
 )
 
 # --- effects (core → runner) ---------------------------------------------------
@@ -169,7 +186,17 @@ class WriteRoutes:
     remove: tuple[IPNetwork, ...]
 
 
-Effect = SendProbe | ReadRoutes | WriteRoutes | Log | Metric
+@dataclass(frozen=True)
+class ApplyPinning:
+    """Close (refuse, drop the connections of) ``close``, allow ``allow`` again, then send new
+    connections where ``choice`` says; all through the kernel's pinning, in that order."""
+
+    choice: PinChoice
+    close: frozenset[int] = frozenset()
+    allow: frozenset[int] = frozenset()
+
+
+Effect = SendProbe | ReadRoutes | WriteRoutes | ApplyPinning | Log | Metric
 
 
 @dataclass(frozen=True)
@@ -191,6 +218,8 @@ class CoreConfig:
     retry_max: float = 1.0
     bond_device: str = "bond0"
     tunnel_names: tuple[str, ...] = ()  # bond0-ip6tnl<j>, for logs
+    pin_mode: str = "off"  # off | primary | spread (pin_plan.MODES)
+    pin_close_after: float = 1.5  # a vpn-shoot down this long has its pinned connections closed
 
 
 class PathCore:
@@ -212,6 +241,13 @@ class PathCore:
         self.backoff = Backoff(config.retry_min, config.retry_max)
         self.resync_at = now + config.route_resync_interval
         self.leaving: dict[int, float] = {}  # vpn-shoot → its last leaving notice
+        # Pinning: what we want the kernel's pinning to be, and the one change in flight.
+        self.pins = PinPlan(config.pin_mode, config.pin_close_after)
+        self.pin_work: ApplyPinning | None = None
+        self.pin_recheck = False  # a tunnel changed, or time for a periodic rewrite
+        self.pin_problem = ""
+        self.pin_retry_at = float("-inf")
+        self.pin_backoff = Backoff(config.retry_min, config.retry_max)
         self._out: list[Effect] = []
 
     # --- the one entry point -------------------------------------------------
@@ -230,6 +266,10 @@ class PathCore:
         wakeups += [at + self.config.leaving_for for at in self.leaving.values() if at + self.config.leaving_for > self.now]
         if self.routes_wanted and self.route_work is None and self.retry_at > self.now:
             wakeups.append(self.retry_at)  # a retry after its backoff
+        if self.pins.on:
+            wakeups.append(self.pins.next_wakeup(self.now))
+            if self.pin_problem and self.pin_work is None and self.pin_retry_at > self.now:
+                wakeups.append(self.pin_retry_at)
         if self.selector is not None and self.selector.primary is None:
             grace_ends = self.selector.started + self.selector.startup_grace
             if grace_ends > self.now:
@@ -245,6 +285,8 @@ class PathCore:
             return False, f"primary vpn-shoot {primary} ({self.config.targets[primary]}) is {state.value}"
         if not self.routes_ok:
             return False, self.route_problem
+        if self.pin_problem:
+            return False, self.pin_problem
         return True, f"ok: shoot networks via {self._tunnel(primary)}"
 
     @property
@@ -260,6 +302,7 @@ class PathCore:
         config = self.config
         self.selector = PathSelector(list(config.preference), self.now, config.startup_grace, adopted)
         self.applied_primary = adopted
+        self.pins.applied = event.pinned
         self._metric("routes_consistent", "set", 0)
         self._metric("primary", "set", -1 if adopted is None else adopted)
         for j in range(len(config.targets)):
@@ -317,6 +360,7 @@ class PathCore:
         link = event.link
         if link.name.startswith(self.config.bond_device):
             self._want_routes()  # the bond or one of our tunnels changed
+            self.pin_recheck = True  # a tunnel's ifindex is in the per-vpn-shoot tables
         if event.removed:
             return
         if (failover := self.bond_watch.observe(link)) is not None:
@@ -379,7 +423,9 @@ class PathCore:
         if self.now >= self.resync_at:
             self.resync_at = self.now + self.config.route_resync_interval
             self._want_routes()
+            self.pin_recheck = True
         self._start_route_work()
+        self._start_pin_work()
 
     def _verdicts(self, verdicts: list[tuple[int, Transition]]) -> None:
         for j, transition in verdicts:
@@ -395,6 +441,7 @@ class PathCore:
                 "target": j, "address": str(self.config.targets[j]),
                 "old": transition.old.value, "reason": transition.reason,
             })
+            self.pins.observe(j, transition.new.healthy, self.now)
         touched = {j for j, _ in verdicts}
         for j in touched:
             for name, value in self.probing.gauges(j, self.now).items():
@@ -474,6 +521,54 @@ class PathCore:
         # Keep at it until the whole set points one way.
         self.retry_at = self.now + self.backoff.next()
         self._want_routes()
+
+    # --- pinning ------------------------------------------------------------------
+
+    def _start_pin_work(self) -> None:
+        """One pinning change at a time, once the choice differs from what the kernel holds."""
+        if not self.pins.on or self.pin_work is not None or self.now < self.pin_retry_at:
+            return
+        healthy = [j for j, view in self.probing.views().items() if view.state.healthy]
+        wanted = self.pins.wanted(self.primary, healthy, self._leaving_now(), self.now)
+        applied = self.pins.applied
+        if wanted is None or (wanted == applied and not self.pin_recheck):
+            return
+        self.pin_recheck = False
+        before = applied.refused if applied is not None else frozenset()
+        self.pin_work = ApplyPinning(wanted, close=wanted.refused - before, allow=before - wanted.refused)
+        self._out.append(self.pin_work)
+
+    def _on_PinningApplied(self, event: PinningApplied) -> None:
+        self.pin_work = None
+        old, self.pins.applied = self.pins.applied, event.choice
+        self.pin_backoff.reset()
+        self.pin_retry_at = float("-inf")
+        if self.pin_problem:
+            self.pin_problem = ""
+            self._metric("pinning_consistent", "set", 1)
+        for j, count in event.closed.items():
+            self._metric("connections_closed", "inc", count, (j,))
+            self._log(logging.WARNING, "vpn-shoot gone: its pinned connections closed", {
+                "target": j, "connections": count, "down_seconds": round(self.now - self.pins.down_since.get(j, self.now), 3),
+            })
+        if old is None or old.new_to != event.choice.new_to:
+            for j in range(len(self.config.targets)):
+                self._metric("new_connections_target", "set", 1 if j in event.choice.new_to else 0, (j,))
+            self._log(logging.INFO, "new connections pinned", {"targets": list(event.choice.new_to)})
+        for j in sorted((old.refused if old else frozenset()) - event.choice.refused):
+            self._log(logging.INFO, "vpn-shoot back: connections allowed again", {"target": j})
+
+    def _on_PinningFailed(self, event: PinningFailed) -> None:
+        self.pin_work = None
+        problem = f"connection pinning not applied: {event.problem}"
+        if problem != self.pin_problem:
+            self._log(logging.ERROR, "pinning change failed; retrying", {"problem": event.problem})
+        if not self.pin_problem:
+            self._metric("pinning_consistent", "set", 0)
+        self._metric("pinning_errors", "inc")
+        self.pin_problem = problem
+        self.pin_recheck = True  # the kernel may hold part of it: write the whole choice again
+        self.pin_retry_at = self.now + self.pin_backoff.next()
 
     # --- output helpers ------------------------------------------------------------
 

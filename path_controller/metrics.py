@@ -55,10 +55,28 @@ class PathMetrics:
         self.leaving_rejected = Counter(
             f"{ns}_leaving_rejected_total", "Leaving notices ignored, by reason.", ["reason"], registry=registry,
         )
+        self.pinning = Gauge(
+            f"{ns}_connection_pinning", "1 when new connections are pinned (0: off, or the kernel lacks support).",
+            registry=registry,
+        )
+        self.pinning_consistent = Gauge(
+            f"{ns}_pinning_consistent", "0 after a pinning change failed, until a retry succeeds.", registry=registry,
+        )
+        self.pinning_errors = Counter(f"{ns}_pinning_errors_total", "Pinning changes the kernel refused.", registry=registry)
+        self.new_connections_target = Gauge(
+            f"{ns}_new_connections_target", "1 for each vpn-shoot new connections are pinned to.", ["target"],
+            registry=registry,
+        )
+        self.connections_closed = Counter(
+            f"{ns}_connections_closed_total",
+            "Pinned connections (conntrack entries) closed because their vpn-shoot stayed down.", ["target"],
+            registry=registry,
+        )
         self.announcements = Counter(f"{ns}_announcements_sent_total", "Announcements sent.", ["target"], registry=registry)
         self.announcement_errors = Counter(f"{ns}_announcement_errors_total", "Announcements the kernel refused.", ["target"], registry=registry)
         self.primary.set(-1)
         self.routes_consistent.set(0)
+        self.pinning_consistent.set(1)
         for reason in SWITCH_REASONS:
             self.switches.labels(reason)
         for event in FAILOVER_EVENTS:
@@ -73,7 +91,8 @@ class PathMetrics:
         The dead-interval and lost-probe-deadline gauges appear with their first value: 0
         would be a wrong one."""
         per_target = (self.target_up, self.target_state, self.rtt, self.probes_sent, self.probes_lost,
-                      self.probe_send_errors, self.announcements, self.announcement_errors, self.leaving_notices)
+                      self.probe_send_errors, self.announcements, self.announcement_errors, self.leaving_notices,
+                      self.new_connections_target, self.connections_closed)
         for j in range(count):
             for metric in per_target:
                 metric.labels(j)

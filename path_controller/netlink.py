@@ -11,7 +11,7 @@ from netlink_adapter.addresses import global_addresses
 from netlink_adapter.events import EventStream, LinkEvent
 from netlink_adapter.ip6tnl import ensure_ip6tnl
 from netlink_adapter.links import Ensured, LinkFacts, dump_links, link_index
-from netlink_adapter.routes import delete_route, dump_routes, replace_route
+from netlink_adapter.routes import RT_TABLE_MAIN, delete_route, dump_routes, replace_route
 from path_controller.core import LinkChanged, RouteChanged
 from path_controller.routes import IPNetwork, Route
 
@@ -69,6 +69,6 @@ async def kernel_events(clock: Callable[[], float], netns: str | None = None) ->
         async for event in stream:
             if isinstance(event, LinkEvent):
                 yield LinkChanged(clock(), event.link, removed=event.deleted)
-            else:
+            elif event.route.table == RT_TABLE_MAIN:  # pinning's per-vpn-shoot tables are not the core's
                 route = event.route
                 yield RouteChanged(clock(), route.dst, route.oif, route.proto, removed=event.deleted)

@@ -52,6 +52,9 @@ class PinningConfig:
     first_table: int = 100  # routing table of vpn-shoot j: first_table + j
     chain_priority: int = -90  # after NAT (-100)
     table: str = "havpn_pinning"
+    # Only TCP has a connection a switch would break; datagrams (UDP, ICMP) follow the main
+    # table, so they move at a switch at once instead of waiting in a dead tunnel for close_after.
+    tcp_only: bool = True
 
     def __post_init__(self):
         mask = self.mark_mask
@@ -123,6 +126,8 @@ def render(state: PinningState, config: PinningConfig) -> Ruleset:
 
     classify: Rules = [
         (x.ct_state_is_not_new() + [x.verdict(x.RETURN)], "not a new connection"),
+        *([(x.l4proto_is(x.IPPROTO_TCP, x.CMP_NEQ) + [x.verdict(x.RETURN)], "not tcp: follows the main table")]
+          if config.tcp_only else []),
         (x.ct_mark_is(mask, 0, x.CMP_NEQ) + [x.verdict(x.RETURN)], "decided at its first packet"),
         ([x.verdict(x.JUMP, NEW_CHAIN)], "choose"),
     ]

@@ -36,7 +36,8 @@ from tests.netns.pinning_lab import (
     wait_error,
 )
 
-CONFIG = PinningConfig()
+# UDP pinned too: most tests use datagram flows (the daemon's default pins TCP only; see below).
+CONFIG = PinningConfig(tcp_only=False)
 
 
 async def leftovers(lab: PinningLab) -> list[str]:
@@ -165,6 +166,29 @@ async def test_udp_flows_stay_on_their_vpn_shoot_through_a_switch(lab, unsupport
     finally:
         for flow in (unpinned, *flows):
             flow.close()
+        await pinning.remove()
+        pinning.close()
+
+
+async def test_by_default_only_tcp_is_pinned_and_datagrams_follow_the_main_table(lab, unsupported):
+    if unsupported:
+        pytest.fail(unsupported, pytrace=False)
+    pinning = ConnectionPinning(lab.ipr, PROTO, PinningConfig(), netns=lab.seed)
+    await pinning.install(lab.routed, await lab.tunnels())
+    udp = UdpFlow(lab.seed, DST4)
+    try:
+        await pinning.new_connections_to(0)
+        tcp = await PinnedStream(lab.seed, DST4).start()
+        assert await udp.exchange() == 0 and tcp.via == 0
+        switched = time.monotonic()
+        await lab.switch(pinning, 1)
+        assert await udp.exchange() == 1, "a datagram flow moves with the main table at once"
+        await tcp.wait_echoes(len(tcp.echoes) + 3, timeout=10)
+        assert tcp.error is None and tcp.vias_since(switched) == {0}, "the TCP connection stays pinned"
+        assert await first_via(lab.seed, DST4) == 1
+        tcp.close()
+    finally:
+        udp.close()
         await pinning.remove()
         pinning.close()
 

@@ -20,6 +20,7 @@ from netlink_adapter.links import LinkFacts
 from pyroute2.arp import ARPHRD_ETHER
 from path_controller.core import (
     Answered,
+    ApplyPinning,
     CoreConfig,
     Effect,
     Event,
@@ -27,6 +28,8 @@ from path_controller.core import (
     Log,
     Metric,
     PathCore,
+    PinningApplied,
+    PinningFailed,
     ReadRoutes,
     RouteChanged,
     RoutesRead,
@@ -36,6 +39,7 @@ from path_controller.core import (
     Tick,
     WriteRoutes,
 )
+from path_controller.pin_plan import PinChoice
 from path_controller.probe import Health, ProbeTiming, Transition
 from path_controller.probing import Probing, ProbePolicy
 from path_controller.routes import Route
@@ -66,6 +70,16 @@ class FakeKernel:
     def __init__(self, routes: dict | None = None):
         self.routes: dict = dict(routes or {})
         self.refuse: set = set()  # networks whose write fails
+        self.pinning: PinChoice | None = None  # what the kernel's pinning holds
+        self.closed: list[tuple[float, int]] = []  # (when, vpn-shoot) connections were closed
+        self.pinning_fails = False
+
+    def pin(self, work: ApplyPinning, now: float) -> PinningApplied | PinningFailed:
+        if self.pinning_fails:
+            return PinningFailed(now, "Operation not permitted")
+        self.closed += [(now, j) for j in sorted(work.close)]
+        self.pinning = work.choice
+        return PinningApplied(now, work.choice, {j: 3 for j in work.close})
 
     def read(self, work: ReadRoutes, now: float) -> RoutesRead:
         return RoutesRead(now, work.primary, TUNNEL_INDEX + work.primary, dict(self.routes))
@@ -107,7 +121,8 @@ class SimResult:
 
 
 def config(targets: int = 2, preference: tuple[int, ...] | None = None, timing: ProbeTiming = ProbeTiming(),
-           failover_hold: float = 1.5, resync: float = 10.0) -> CoreConfig:
+           failover_hold: float = 1.5, resync: float = 10.0, pin_mode: str = "off",
+           pin_close_after: float = 1.5) -> CoreConfig:
     return CoreConfig(
         targets=tuple(IPv6Address(f"fd8f:6d53:b97a:1::b:{j}") for j in range(targets)),
         networks=NETWORKS,
@@ -116,6 +131,8 @@ def config(targets: int = 2, preference: tuple[int, ...] | None = None, timing: 
         startup_grace=2 * timing.dead_interval,
         failover_hold=failover_hold,
         route_resync_interval=resync,
+        pin_mode=pin_mode,
+        pin_close_after=pin_close_after,
     )
 
 
@@ -148,7 +165,8 @@ class Simulation:
         self._order = 0
         self._tick_at: float | None = None
         self.now = 0.0
-        self._deliver(Started(0.0, links, dict(self.kernel.routes), {j: TUNNEL_INDEX + j for j in range(len(paths))}))
+        tunnels = {j: TUNNEL_INDEX + j for j in range(len(paths))}
+        self._deliver(Started(0.0, links, dict(self.kernel.routes), tunnels, self.kernel.pinning))
 
     # --- scheduling --------------------------------------------------------
 
@@ -211,6 +229,8 @@ class Simulation:
             self.at(now + self.KERNEL_LATENCY, self.kernel.read(effect, now + self.KERNEL_LATENCY))
         elif isinstance(effect, WriteRoutes):
             self.at(now + self.KERNEL_LATENCY, self.kernel.write(effect, now + self.KERNEL_LATENCY))
+        elif isinstance(effect, ApplyPinning):
+            self.at(now + self.KERNEL_LATENCY, self.kernel.pin(effect, now + self.KERNEL_LATENCY))
         elif isinstance(effect, Log):
             self.result.logs.append((now, effect))
             self._note_log(now, effect)

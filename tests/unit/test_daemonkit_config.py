@@ -26,7 +26,7 @@ STEERING = ("steering_beacon_interval", "steering_dead_after", "steering_settle"
 DURATIONS = {
     PathControllerSettings: {
         "probe_interval", "probe_burst_interval", "probe_dead_interval", "probe_late_after",
-        "probe_failover_hold", "probe_stall_memory", "route_resync_interval", "announce_interval",
+        "probe_failover_hold", "probe_stall_memory", "route_resync_interval", "announce_interval", "pin_close_after",
         *STEERING,
     },
     TunnelSettings: {

@@ -52,7 +52,11 @@ def test_the_chains():
         "pinned connections",
     ]
     assert comments(chains["refuse"]) == ["refuse vpn-shoot 2: tcp reset", "refuse vpn-shoot 2: admin-prohibited"]
-    assert comments(chains["classify"]) == ["not a new connection", "decided at its first packet", "choose"]
+    assert comments(chains["classify"]) == [
+        "not a new connection", "not tcp: follows the main table", "decided at its first packet", "choose",
+    ]
+    every_protocol = render(state, PinningConfig(tcp_only=False)).chains
+    assert comments(every_protocol["classify"]) == ["not a new connection", "decided at its first packet", "choose"]
     assert comments(chains["new-connections"]) == ["new connections: vpn-shoot 1"]
     assert comments(chains["pin"]) == ["on the main table's path", "pinned to vpn-shoot 0", "pinned to vpn-shoot 1"]
     assert comments(chains["main-table"]) == ["main table's vpn-shoot 1: no re-route"]
