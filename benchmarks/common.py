@@ -1,5 +1,6 @@
 """What the benchmarks share: namespaces and netlink handles with cleanup,
-process sampling (RSS, CPU), percentiles, result output."""
+process sampling (RSS, CPU), percentiles, primary switches, the comparison
+table (vpn2 profile beside ours), result output."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ from netlink_adapter import AsyncIPRoute
 from tests.netns import nsutil
 
 RESULTS = nsutil.REPO / "results"
+OURS, VPN2 = "ours", "vpn2-profile"
+
+
+def log(text: str) -> None:
+    print(text, flush=True)
 
 
 class Namespaces:
@@ -54,6 +60,12 @@ class Namespaces:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_idle_and_total() -> tuple[float, float]:
+    """Seconds the machine's CPUs spent idle (idle + iowait) and in all, from /proc/stat."""
+    ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (ticks[3] + ticks[4]) / os.sysconf("SC_CLK_TCK"), sum(ticks[:8]) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:
@@ -98,3 +110,37 @@ def write_result(name: str, result: dict) -> Path:
     return path
 
 
+
+
+async def primary_switches(topo) -> dict[str, float]:
+    """Per kube-apiserver of ``topo`` (an HaTopology): its switches of the primary vpn-shoot so far."""
+    return {
+        api.name: await topo.metric(api, "path_controller_switches_total", reason="primary down")
+        for api in topo.apiservers
+    }
+
+
+async def dump_metrics(members, directory: Path, prefix: str = "") -> None:
+    """Every member's /metrics into ``directory`` (``<prefix><name>-metrics.txt``), to explain a failure."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for member in members:
+        try:
+            _, body = await nsutil.http_get_async(member.ns, 8080, "/metrics")
+        except OSError as error:
+            body = f"unreachable: {error}"
+        (directory / f"{prefix}{member.name}-metrics.txt").write_text(body)
+
+
+def p50_p99_ms(values: dict | None) -> str:
+    """A ``summary`` as a table cell: ``p50 / p99 ms``."""
+    if not values or not values["n"]:
+        return ""
+    return f"{1000 * values['p50']:.0f} / {1000 * values['p99']:.0f} ms"
+
+
+def print_comparison(rows: list[tuple[str, str, str, str]]) -> None:
+    """Rows of (figure, vpn2 profile, ours, target) as an aligned table."""
+    width = max(len(row[0]) for row in rows)
+    print(f"\n{'figure'.ljust(width)}  {'vpn2 profile':>18}  {'ours':>22}  target")
+    for name, theirs, ours, target in rows:
+        print(f"{name.ljust(width)}  {theirs:>18}  {ours:>22}  {target}")

@@ -32,18 +32,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import targets
-from benchmarks.common import RESULTS, Namespaces, cpu_seconds, environment, rss_mib, summary, write_result
+from benchmarks.common import (
+    OURS,
+    RESULTS,
+    VPN2,
+    Namespaces,
+    cpu_seconds,
+    dump_metrics,
+    environment,
+    log,
+    p50_p99_ms,
+    primary_switches,
+    print_comparison,
+    rss_mib,
+    summary,
+    write_result,
+)
 from tests.netns import nsutil
 from tests.netns.faults import round_trip_loss
 from tests.netns.ha_topology import NS_MONITOR, SHOOT_POD, SHOOT_POD6, SHOOT_TARGETS, HaTopology
 from tests.netns.traffic import TcpEchoServer, TcpStream, UdpEchoServer, UdpStream
 
-OURS, VPN2 = "ours", "vpn2-profile"
 SCENARIOS = ("idle", "shoot", "server", "blackhole", "loss", "underlay")
-
-
-def log(text: str) -> None:
-    print(text, flush=True)
 
 
 class Bench:
@@ -74,23 +84,11 @@ class Bench:
         try:
             await nsutil.wait_for(all_back, timeout=timeout, interval=0.2, message="traffic again on every stream")
         except AssertionError:
-            await self.dump_metrics()
+            await dump_metrics(self.topo.apiservers, RESULTS / "end-to-end-logs")
             raise
 
-    async def dump_metrics(self) -> None:
-        """Every kube-apiserver's /metrics into the log directory, to explain a failure."""
-        for api in self.topo.apiservers:
-            try:
-                _, body = await nsutil.http_get_async(api.ns, 8080, "/metrics")
-            except OSError as error:
-                body = f"unreachable: {error}"
-            (RESULTS / "end-to-end-logs" / f"{api.name}-metrics.txt").write_text(body)
-
     async def switches(self) -> dict[str, float]:
-        return {
-            api.name: await self.topo.metric(api, "path_controller_switches_total", reason="primary down")
-            for api in self.topo.apiservers
-        }
+        return await primary_switches(self.topo)
 
     async def switches_since(self, before: dict[str, float]) -> dict[str, float]:
         """Switches per profile since ``before`` (a ``switches()`` reading)."""
@@ -383,7 +381,7 @@ def print_table(result: dict) -> None:
     shoot, server = result["shoot_killed_seconds"], result["server_killed_seconds"]
     black, false_switches = result["server_blackholed_seconds"], result["false_switches"]
     underlay = result["underlay_loss_switches_per_onset"]
-    ms = lambda s: f"{1000 * s['p50']:.0f} / {1000 * s['p99']:.0f} ms"  # noqa: E731
+    ms = p50_p99_ms
 
     def t(key: str) -> str:
         return targets.target("end_to_end", key).text
@@ -422,10 +420,7 @@ def print_table(result: dict) -> None:
         target = f"{t('rss_max')} / {t('cpu_max')}" if values["profile"] == OURS else "(vpn2 profile)"
         rows.append((f"{name}: RSS / idle CPU", "", f"{values['rss_mib']:.1f} MiB / {values['cpu_percent_of_one_core']:.2f} %",
                      target))
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'figure'.ljust(width)}  {'vpn2 profile':>18}  {'ours':>22}  target")
-    for name, theirs, ours, target in rows:
-        print(f"{name.ljust(width)}  {theirs:>18}  {ours:>22}  {target}")
+    print_comparison(rows)
     if shoot and shoot[OURS]["n"] and shoot[VPN2]["n"]:
         print(f"vpn-shoot failover, vpn2 profile / ours (p50): {shoot[VPN2]['p50'] / shoot[OURS]['p50']:.1f}×")
 

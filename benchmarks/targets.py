@@ -19,6 +19,7 @@ COMPARISONS = {"<=": (operator.le, "≤"), ">=": (operator.ge, "≥"), "==": (op
 ISSUE_3 = "issue 3 (path-controller)"
 ISSUE_4 = "issue 4 (tunnel-controller)"
 ISSUE_5 = "issue 5 (end to end)"
+ISSUE_14 = "issue 14 (server steering)"
 REGRESSION = "regression bound set with --check (no issue states an image target; README figures well inside it)"
 
 
@@ -79,6 +80,17 @@ TARGETS: tuple[Target, ...] = (
     Target("end_to_end", "false_switches", "false switches, 20 % loss each way in the VPN", "==", 0, "switches", ISSUE_5),
     Target("end_to_end", "rss_max", "RSS of the largest daemon, idle", "<=", 50, "MiB", ISSUE_5),
     Target("end_to_end", "cpu_max", "CPU of the busiest daemon, share of one core", "<=", 1, "%", ISSUE_5),
+    # benchmarks/server_events.py: the fleet with server steering (the vpn2 fleet has no targets).
+    Target("server_events", "kill_p99", "server killed → traffic again, p99", "<=", 300, "ms", ISSUE_14),
+    Target("server_events", "return_gap_p99", "server back → longest gap of a stream, p99", "<=", 100, "ms",
+           ISSUE_14 + " (goal: no gap)"),
+    Target("server_events", "blackhole_p99", "server black-holed, default settings → traffic again, p99",
+           "<=", 1000, "ms", ISSUE_14),
+    Target("server_events", "switches", "primary vpn-shoot switches in all server events", "==", 0, "switches",
+           ISSUE_14),
+    Target("server_events", "separation_max", "longest separation of a pod (its stream unanswered), any event",
+           "<=", 2000, "ms", ISSUE_14),
+    Target("server_events", "tcp_broken", "open TCP streams broken in server events", "==", 0, "broken", ISSUE_14),
     # benchmarks/image.py: host, no container engine.
     Target("image", "venv_gzip_tar", "venv as gzip'd tar (≈ its image layer)", "<=", 10, "MiB", REGRESSION),
     Target("image", "startup_cpu_max", "start-up CPU, slowest program (median)", "<=", 1000, "ms", REGRESSION),

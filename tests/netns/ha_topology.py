@@ -203,10 +203,15 @@ class HaTopology:
         """Re-run bonding setup in every pod with ``monitor`` (BOND_MONITOR=…, or nothing
         for carrier sensing); it converges each bond in place."""
         for member in (*self.apiservers, *self.shoots):
-            if member in self.shoots:
-                self._bonding_setup(member, IS_SHOOT_CLIENT="true", POD_NAME=member.name, **monitor)
-            else:
-                self._bonding_setup(member, POD_NAME=member.pod_name, **monitor)
+            self.rerun_bonding_setup(member, **monitor)
+
+    def rerun_bonding_setup(self, member: Member, **monitor) -> None:
+        """bonding setup again in ``member``, as a restarted pod's init step runs it: it
+        converges the bond in place (``primary tap0`` again, whatever was written since)."""
+        if member in self.shoots:
+            self._bonding_setup(member, IS_SHOOT_CLIENT="true", POD_NAME=member.name, **monitor)
+        else:
+            self._bonding_setup(member, POD_NAME=member.pod_name, **monitor)
 
     def _bonding_setup(self, member: Member, **env) -> None:
         values = {"HA_VPN_SERVERS": len(self.servers), "HA_VPN_CLIENTS": self.options["shoots"]}
