@@ -163,8 +163,9 @@ class Probe:
         return {name: cap if t is None else t for name, t in times.items()}, sum(t is None for t in times.values())
 
     def gaps(self, start: float, end: float, names=None) -> dict[str, float]:
-        """Per stream: the longest time without an answer between ``start`` and ``end``."""
-        return {name: s.longest_gap(start, end) for name, s in self.udp.items() if names is None or name in names}
+        """Per stream: the longest run of lost datagrams sent between ``start`` and ``end`` (time
+        the sender itself did not run is not counted: a busy benchmark process is no outage)."""
+        return {name: s.longest_outage(start, end) for name, s in self.udp.items() if names is None or name in names}
 
     async def tcp_survived(self, end: float) -> tuple[bool, str]:
         """Whether the TCP stream echoes after ``end`` (after a long outage its own
