@@ -4,8 +4,6 @@
 Every case of issue 14 with vpn2's client timing (reconnects 1-6 s apart) and
 3 kube-apiservers; vpn2 (no steering, its bonds) beside ours as the baseline."""
 
-from ipaddress import IPv6Address
-
 import pytest
 
 from bonding.plan import AddressPlan
