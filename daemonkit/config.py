@@ -13,6 +13,7 @@ value types every daemon shares:
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 import sys
@@ -151,3 +152,11 @@ def load_or_exit(factory: Callable[[], S], program: str) -> S:
 def config_error(program: str, message: str) -> NoReturn:
     print(f"{program}: invalid configuration: {message}", file=sys.stderr)
     sys.exit(ExitCode.CONFIG)
+
+
+def daemon_settings(factory: Callable[[], S], program: str, purpose: str, argv: list[str] | None = None) -> S:
+    """A daemon's start: ``--help`` (it takes no arguments), then its settings from the
+    environment, or one line and exit 2."""
+    parser = argparse.ArgumentParser(prog=program, description=f"{purpose}; configured by environment variables (see README).")
+    parser.parse_args(argv)
+    return load_or_exit(factory, program)

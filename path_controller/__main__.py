@@ -8,11 +8,10 @@ variable).
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from announcement import load_key
-from daemonkit.config import config_error, load_or_exit
+from daemonkit.config import config_error, daemon_settings
 from daemonkit.http import Endpoints, HttpServer
 from daemonkit.lifecycle import Daemon, ExitCode, run
 from daemonkit.logs import setup_logging
@@ -46,13 +45,8 @@ def main(
 ) -> int:
     """``policy``, ``program`` and ``overrides`` (settings fields) let a benchmark run
     the same daemon with another probe policy (benchmarks/vpn2_profile.py)."""
-    parser = argparse.ArgumentParser(
-        prog=program,
-        description="Keep a kube-apiserver's routes to the shoot on a healthy vpn-shoot; "
-        "configured by environment variables (see README).",
-    )
-    parser.parse_args(argv)
-    settings = load_or_exit(PathControllerSettings, program)
+    purpose = "Keep a kube-apiserver's routes to the shoot on a healthy vpn-shoot"
+    settings = daemon_settings(PathControllerSettings, program, purpose, argv)
     if overrides:
         settings = settings.model_copy(update=overrides)
     key = None

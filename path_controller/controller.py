@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from ipaddress import IPv6Address
 
@@ -26,6 +25,7 @@ from announcement import Rejected, encode
 from announcement.leaving import LEAVING_PORT, decode_leaving
 from bonding.plan import seed_tunnel_name
 from daemonkit.effects import Log, Metric, apply_metric, write_log
+from daemonkit.inbox import Inbox
 from daemonkit.lifecycle import Heartbeats
 from daemonkit.logs import RateLimiter
 from path_controller.config import PathControllerSettings
@@ -150,8 +150,7 @@ class PathController:
         self.announcer = Announcer()
         self.heartbeats = Heartbeats(clock)
         self.log_limit = RateLimiter(interval=30.0, clock=clock)
-        self._events: deque[Event] = deque()
-        self._wake = asyncio.Event()
+        self.inbox: Inbox[Event] = Inbox()
         self._route_work: asyncio.Queue[ReadRoutes | WriteRoutes | ApplyPinning] = asyncio.Queue()
 
     # --- start-up ---------------------------------------------------------
@@ -257,8 +256,7 @@ class PathController:
     # --- events in ----------------------------------------------------------
 
     def post(self, event: Event) -> None:
-        self._events.append(event)
-        self._wake.set()
+        self.inbox.post(event)
 
     def _on_answer(self, target: IPv6Address, rtt: float, now: float) -> None:
         j = self.target_index.get(target)
@@ -279,16 +277,7 @@ class PathController:
 
     async def _next_event(self) -> Event:
         """The next posted event, or a Tick once the core's next wake-up is due."""
-        if not self._events:
-            self._wake.clear()
-            delay = self.core.next_wakeup() - self.clock()
-            if delay > 0:
-                handle = asyncio.get_running_loop().call_later(delay, self._wake.set)
-                try:
-                    await self._wake.wait()
-                finally:
-                    handle.cancel()
-        return self._events.popleft() if self._events else Tick(self.clock())
+        return await self.inbox.next(self.core.next_wakeup() - self.clock(), lambda: Tick(self.clock()))
 
     async def _decision_loop(self) -> None:
         self.heartbeats.register("decisions", allowed_gap=max(5.0, 20 * self.settings.probe_interval))

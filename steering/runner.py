@@ -13,12 +13,12 @@ import asyncio
 import logging
 import socket
 import time
-from collections import deque
 from collections.abc import Callable
 from ipaddress import IPv6Address
 
 from bonding.plan import BOND_DEVICE
 from daemonkit.effects import Log, Metric, apply_metric, write_log
+from daemonkit.inbox import Inbox
 from daemonkit.lifecycle import Heartbeats
 from daemonkit.logs import RateLimiter
 from netlink_adapter import AsyncIPRoute
@@ -69,8 +69,7 @@ class SteeringRunner:
         self.bond_mac = b"\0" * 6
         self.last_timestamp: dict[tuple[IPv6Address, int], int] = {}
         self.log_limit = RateLimiter(interval=30.0, clock=clock)
-        self._events: deque[Event] = deque()
-        self._wake = asyncio.Event()
+        self.inbox: Inbox[Event] = Inbox()
         self._last_bond: BondSeen | None = None
         metrics.follow(lambda: self.clock() - self.core.moved_at, lambda: len(self.core.peers()),
                        lambda: self.core.alone() is not None)
@@ -123,8 +122,7 @@ class SteeringRunner:
     # --- events in ---------------------------------------------------------------
 
     def post(self, event: Event) -> None:
-        self._events.append(event)
-        self._wake.set()
+        self.inbox.post(event)
 
     def _readable(self, server: int) -> None:
         sock = self.sockets.get(server)
@@ -204,16 +202,8 @@ class SteeringRunner:
     # --- the decision loop ------------------------------------------------------------
 
     async def _next_event(self) -> Event:
-        if not self._events:
-            self._wake.clear()
-            delay = self.core.next_wakeup() - self.clock()
-            if delay > 0:
-                handle = asyncio.get_running_loop().call_later(delay, self._wake.set)
-                try:
-                    await self._wake.wait()
-                finally:
-                    handle.cancel()
-        return self._events.popleft() if self._events else Tick(self.clock())
+        """The next posted event, or a Tick once the core's next wake-up is due."""
+        return await self.inbox.next(self.core.next_wakeup() - self.clock(), lambda: Tick(self.clock()))
 
     async def _decision_loop(self) -> None:
         if self.heartbeats is not None:

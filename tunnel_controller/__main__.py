@@ -8,11 +8,10 @@ port taken; one line says why) or when a loop ended (logged with its name);
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
-from daemonkit.config import load_or_exit
+from daemonkit.config import daemon_settings
 from daemonkit.http import Endpoints, HttpServer
 from daemonkit.lifecycle import Daemon, ExitCode, run
 from daemonkit.logs import setup_logging
@@ -38,13 +37,8 @@ async def serve(settings: TunnelSettings, daemon: Daemon) -> ExitCode:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog=PROGRAM,
-        description="Keep one ip6tnl tunnel and back-route per announcing kube-apiserver; "
-        "configured by environment variables (see README).",
-    )
-    parser.parse_args(argv)
-    settings = load_or_exit(TunnelSettings, PROGRAM)
+    purpose = "Keep one ip6tnl tunnel and back-route per announcing kube-apiserver"
+    settings = daemon_settings(TunnelSettings, PROGRAM, purpose, argv)
     setup_logging(settings.log_level)
     shown = settings.model_dump(mode="json")
     LOG.info("config parsed", extra={"config": shown})

@@ -24,7 +24,7 @@ from tests.netns import nsutil
 from tests.netns.conftest import ipr_factory, make_netns  # noqa: F401  (fixtures)
 from tests.netns.pinning_lab import DST4, DST6, PROTO, PinnedStream, PinningLab, UdpFlow, ViaEchoServer, wait_error
 
-CONFIG = PinningConfig()
+CONFIG = PinningConfig(tcp_only=False)  # the UDP socket below is pinned and aborted too
 
 
 @pytest_asyncio.fixture
@@ -87,7 +87,7 @@ def test_a_kernel_without_nftables_inet_gets_one_line(tmp_path: Path):
         "asyncio.run(main())\n"
     )
     output = io.BytesIO()
-    sandbox = Sandbox(mounts=[tmp_path], timeout=300, modules_dir=STOCK_MODULES)
+    sandbox = Sandbox(mounts=[tmp_path, nsutil.REPO], timeout=300, modules_dir=STOCK_MODULES)  # the guest's /tmp hides a repo there
     result = sandbox.run([nsutil.PYTHON, "-c", probe], cwd=nsutil.REPO, output=output)
     text = output.getvalue().decode(errors="replace")
     assert result.returncode == 0, text

@@ -126,7 +126,7 @@ async def test_shoot_killed_only_its_apiservers_switch(topo, streams):
 
 
 LOSS_EACH_WAY = 0.2
-LOSS_SECONDS = 60.0
+LOSS_SECONDS = 30.0
 
 
 async def test_loss_on_a_shoot_path_does_not_switch(topo, streams):

@@ -75,7 +75,10 @@ async def test_typed_dumps(netns, ipr_factory):
     assert RT_TABLE_LOCAL in {route.table for route in await dump_routes(ipr, table=None)}, "every table"
 
     links = {link.name: link for link in await dump_links(ipr)}
-    assert links["d0"] == LinkFacts(d0, "d0", None, links["d0"].carrier, None, up=True, device_type=ARPHRD_ETHER)
+    assert links["d0"] == LinkFacts(
+        d0, "d0", None, links["d0"].carrier, None, up=True, device_type=ARPHRD_ETHER, mac=links["d0"].mac,
+    )
+    assert links["d0"].mac is not None and len(links["d0"].mac.split(":")) == 6
 
     local, remote = IPv6Address("fd8f::1"), IPv6Address("fd8f::2")
     index, outcome = await ensure_ip6tnl(ipr, "t0", local, remote)
