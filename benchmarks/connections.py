@@ -73,9 +73,9 @@ from benchmarks.common import (
     write_result,
 )
 from benchmarks.server_events import FLEETS, Fleet
+from netlink_adapter.links import link_by_name
 from tests.netns import nsutil
 from tests.netns.connections_lab import PORT, PeerEcho, ViaStream, connect_once, connect_steadily
-from tests.netns.faults import root_qdisc_counters
 from tests.netns.ha_topology import SHOOT_POD, HaTopology
 from tests.netns.traffic import UdpEchoServer, UdpStream
 
@@ -248,11 +248,13 @@ def table_rows(result: dict) -> list[tuple[str, str, str, str]]:
             ("forced switch (path stalled): open TCP streams broken", of("broken", "streams"), f"{t('stall_broken')}"),
             ("  streams resumed / errored / silent", lambda g: " / ".join(
                 str(g["counts"].get(k, 0)) for k in ("resumed", "errored", "silent")), "(measured)"),
-            ("  stall → kube-apiserver switched, p50 / p99", ms("switch"), "(measured)"),
-            ("  loss lifted after the last switch, p50 / max", ms("lifted_after_switch", "max"), "(harness)"),
+            ("  putting the loss in place (tc), p50 / max", ms("loss_setup", "max"), "(harness)"),
+            ("  loss being put in place → kube-apiserver switched, p50 / p99", ms("switch"), "(measured)"),
+            ("  loss lifted after the last switch was seen, p50 / max", ms("lifted_after_switch", "max"),
+             "(harness)"),
             ("  new connection after the switch took the other vpn-shoot", of("new_on_survivor", "streams"),
              "(proof)"),
-            ("  pinned connections closed (PIN_CLOSE_AFTER ran out)", lambda g: str(g["counts"].get("closed", 0)),
+            ("  conntrack entries closed (PIN_CLOSE_AFTER ran out)", lambda g: str(g["counts"].get("closed", 0)),
              "(info)"),
             ("  runs discarded (no kube-apiserver switched)", lambda g: str(len(g["discarded"])), "(reported)"),
         ],
@@ -349,10 +351,10 @@ async def new_connection(api) -> int | str:
         return type(error).__name__
 
 
-async def wait_quietly(condition, timeout: float, message: str) -> bool:
+async def wait_quietly(condition, timeout: float, message: str, interval: float = 0.1) -> bool:
     """``nsutil.wait_for`` that answers False instead of failing: the caller counts what is missing."""
     try:
-        await nsutil.wait_for(condition, timeout=timeout, interval=0.1, message=message)
+        await nsutil.wait_for(condition, timeout=timeout, interval=interval, message=message)
     except AssertionError:
         return False
     return True
@@ -430,13 +432,33 @@ async def planned_roll(bench: Bench, run: int) -> Run:
         close_all(opened)
 
 
-def path_loss_counters(topo: HaTopology, shoot) -> tuple[int, int]:
-    """(passed, dropped) by ``path_netem``'s qdiscs on the vpn-shoot's taps, both directions."""
+TC_H_ROOT, TC_H_INGRESS, INGRESS_HANDLE = 0xFFFFFFFF, 0xFFFFFFF1, 0xFFFF0000
+
+
+async def lift_path_loss(topo: HaTopology, shoot) -> tuple[int, int]:
+    """Lifts ``path_netem``'s loss on the vpn-shoot's VPN path over netlink, in milliseconds
+    (``path_netem(shoot, None)`` runs ``tc`` processes, which take seconds in UML: long
+    enough for ``PIN_CLOSE_AFTER`` to close what the stall was to leave alone). First its
+    qdiscs' counters, the proof that the loss was there: (passed, dropped), both
+    directions; then each tap's root qdisc and ingress (the redirect to its ifb) are
+    deleted. ``path_netem(shoot, None)`` removes the rest afterwards."""
+    ipr = await topo.ipr(shoot.ns)
     passed = dropped = 0
+    taps = []
     for i in range(len(topo.servers)):
         for dev in (f"tap{i}", f"ifb{i}"):
-            counters = root_qdisc_counters(shoot.ns, dev)
-            passed, dropped = passed + counters.sent, dropped + counters.dropped
+            index = (await link_by_name(ipr, dev))["index"]
+            (root,) = [q async for q in await ipr.get_qdiscs(index=index)
+                       if q["index"] == index and q["parent"] == TC_H_ROOT]
+            assert root.get("TCA_KIND") == "netem", f"{shoot.name}/{dev}: root qdisc {root.get('TCA_KIND')}, not netem"
+            stats = root.get("TCA_STATS2")
+            passed += stats.get("TCA_STATS_BASIC")["packets"]
+            dropped += stats.get("TCA_STATS_QUEUE")["drops"]
+            if dev.startswith("tap"):
+                taps.append(index)
+    for index in taps:
+        await ipr.tc("del", index=index, handle=0, parent=TC_H_ROOT)
+        await ipr.tc("del", index=index, handle=INGRESS_HANDLE, parent=TC_H_INGRESS)
     return passed, dropped
 
 
@@ -466,16 +488,16 @@ async def forced_switch(bench: Bench, run: int) -> Run:
 
         t0 = time.monotonic()
         await asyncio.to_thread(topo.path_netem, shoot, "loss 100%")
+        in_place = time.monotonic()
         try:
-            try:
-                await nsutil.wait_for(all_switched, timeout=SWITCH_TIMEOUT, interval=0.05,
-                                      message=f"every kube-apiserver off vpn-shoot-{victim}")
-            except AssertionError:
-                pass  # judged below: some switched, or none (the run is discarded)
-            passed, dropped = await asyncio.to_thread(path_loss_counters, topo, shoot)
+            await wait_quietly(all_switched, SWITCH_TIMEOUT, f"every kube-apiserver off vpn-shoot-{victim}",
+                               interval=0.05)  # judged below: some switched, or none (the run is discarded)
         finally:
-            await asyncio.to_thread(topo.path_netem, shoot, None)
-            lifted = time.monotonic()
+            try:
+                passed, dropped = await lift_path_loss(topo, shoot)
+                lifted = time.monotonic()
+            finally:
+                await asyncio.to_thread(topo.path_netem, shoot, None)
         if not switched_at:
             raise Discarded(f"no kube-apiserver left vpn-shoot-{victim} within {SWITCH_TIMEOUT:.0f} s "
                             f"(the loss dropped {dropped}, passed {passed})")
@@ -496,7 +518,7 @@ async def forced_switch(bench: Bench, run: int) -> Run:
         if failed_new := [v for v in vias if isinstance(v, str)]:
             note += f", new connections failed: {failed_new}"
         return Run(
-            seconds={"switch": [switched_at[api.name] - t0 for api in switched],
+            seconds={"switch": [switched_at[api.name] - t0 for api in switched], "loss_setup": [in_place - t0],
                      "lifted_after_switch": [lifted - max(switched_at.values())]},
             counts={"streams": len(mine), "broken": errored + silent, "resumed": resumed, "errored": errored,
                     "silent": silent, "new_on_survivor": vias.count(survivor), "closed": int(closed - closed_before)},
@@ -646,7 +668,11 @@ async def run_fleet(setup: Setup, args) -> dict:
                     break
         finally:
             udp_echo.close()
+            for writer in list(echo.writers):
+                writer.transport.abort()  # connections through a killed vpn-shoot would wait forever
             await echo.aclose()
+            # Let the handlers see their connections end (else asyncio.run cancels them, noisily).
+            await wait_quietly(lambda: not echo.writers, 5, "the echo server's handlers end")
     return {
         "settings": {"bond": fleet.bond_env, "path_controller_env": fleet.daemon_env,
                      "tunnel_controller_env": setup.tc_env, "path_controller": fleet.path_controller},

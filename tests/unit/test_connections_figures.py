@@ -28,7 +28,7 @@ def roll_run(failed: int = 0, gap: float = 0.05, broken: int = 0, errored_after:
 
 
 def stall_run(broken: int = 0, streams: int = 2):
-    return Run({"switch": [0.6] * streams, "lifted_after_switch": [0.1]},
+    return Run({"switch": [0.6] * streams, "loss_setup": [3.5], "lifted_after_switch": [0.1]},
                {"streams": streams, "broken": broken, "resumed": streams - broken, "errored": broken, "silent": 0,
                 "new_on_survivor": streams, "closed": 0}, duration=8.0)
 
@@ -130,6 +130,7 @@ def test_the_table_puts_vpn2_beside_ours_and_names_the_targets():
     assert cells("open TCP streams broken") == [("2/2", "0/2", "= 0 broken")]
     assert cells("resumed / errored / silent")[0][:2] == ("0 / 2 / 0", "2 / 0 / 0")
     assert cells("runs discarded")[0][:2] == ("1", "0")
+    assert cells("putting the loss in place") == [("3500 / 3500 ms", "3500 / 3500 ms", "(harness)")]
     assert cells("through the other vpn-shoot broken") == [("0/3", "0/3", "= 0 broken")]
     assert cells("error of the dead vpn-shoot's streams") == [("25000 / 25000 ms", "4200 / 4200 ms",
                                                                "(info: no SOCK_DESTROY)")]
