@@ -19,6 +19,7 @@ COMPARISONS = {"<=": (operator.le, "≤"), ">=": (operator.ge, "≥"), "==": (op
 ISSUE_3 = "issue 3 (path-controller)"
 ISSUE_4 = "issue 4 (tunnel-controller)"
 ISSUE_5 = "issue 5 (end to end)"
+ISSUE_13 = "issue 13 (open connections across path changes)"
 ISSUE_14 = "issue 14 (server steering)"
 REGRESSION = "regression bound set with --check (no issue states an image target; README figures well inside it)"
 
@@ -91,6 +92,16 @@ TARGETS: tuple[Target, ...] = (
     Target("server_events", "separation_max", "longest separation of a pod (its stream unanswered), any event",
            "<=", 2000, "ms", ISSUE_14),
     Target("server_events", "tcp_broken", "open TCP streams broken in server events", "==", 0, "broken", ISSUE_14),
+    # benchmarks/connections.py: the fleet with pinning and drain (the vpn2 fleet has no targets); time to
+    # error of a dead vpn-shoot's streams is informative (UML's 6.1 kernel lacks SOCK_DESTROY: docs/pinning.md).
+    Target("connections", "roll_failed_connections", "planned vpn-shoot roll: new TCP connections failed, all runs",
+           "==", 0, "failed", ISSUE_13),
+    Target("connections", "roll_gap_p99", "planned vpn-shoot roll: longest datagram gap of a stream, p99",
+           "<=", 100, "ms", ISSUE_13),
+    Target("connections", "stall_broken", "forced switch (path stalled): open TCP streams broken", "==", 0, "broken",
+           ISSUE_13),
+    Target("connections", "death_other_broken", "vpn-shoot death: open TCP streams through the other vpn-shoot broken",
+           "==", 0, "broken", ISSUE_13),
     # benchmarks/image.py: host, no container engine.
     Target("image", "venv_gzip_tar", "venv as gzip'd tar (≈ its image layer)", "<=", 10, "MiB", REGRESSION),
     Target("image", "startup_cpu_max", "start-up CPU, slowest program (median)", "<=", 1000, "ms", REGRESSION),
