@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import sys
 import time
@@ -74,6 +75,7 @@ from benchmarks.common import (
 )
 from benchmarks.server_events import FLEETS, Fleet
 from netlink_adapter.links import link_by_name
+from steering.core import MOVE_REASONS
 from tests.netns import nsutil
 from tests.netns.connections_lab import PORT, PeerEcho, ViaStream, connect_once, connect_steadily
 from tests.netns.ha_topology import SHOOT_POD, HaTopology
@@ -124,6 +126,7 @@ class Run:
     counts: dict[str, int] = field(default_factory=dict)  # figure → count in this run
     note: str = ""
     duration: float = 0.0  # seconds from converged to restored
+    events: dict[str, list] = field(default_factory=dict)  # kept in the result file only, not summarised
 
 
 # --- the pure parts: one run's figures from what it recorded, runs summarised ---
@@ -139,6 +142,11 @@ def connection_outcomes(results: list[tuple[float, str, object]]) -> tuple[int, 
     """``connect_steadily``'s results: attempts, failures, failures by error type."""
     errors = Counter(type(r[2]).__name__ for r in results if isinstance(r[2], BaseException))
     return len(results), sum(errors.values()), dict(errors)
+
+
+def failed_between(results: list[tuple[float, str, object]], start: float, end: float) -> int:
+    """``connect_steadily``'s failures among the connections started in [start, end)."""
+    return sum(1 for r in results if start <= r[0] < end and isinstance(r[2], BaseException))
 
 
 def inflight_breaks(errors_at: list[float | None], exited: float) -> tuple[int, int]:
@@ -224,7 +232,14 @@ def table_rows(result: dict) -> list[tuple[str, str, str, str]]:
         return (f"{counts.get('failed_connections', 0)}/{counts.get('connections', 0)}, "
                 f"max {got['count_max'].get('failed_connections', 0)}/run")
 
+    def tallied(got: dict) -> str:
+        counts = got["counts"]
+        return f"{counts.get('switches_leaving', 0)} / {counts.get('switches_down', 0)}"
+
     common = [
+        ("  primary switches of the kube-apiservers: leaving / primary down", tallied, "(measured)"),
+        ("  server-steering moves of the kube-apiservers", lambda g: str(g["counts"].get("steering_moves", 0)),
+         "(measured)"),
         ("  one run (converged → restored), mean / max",
          lambda g: f"{g['duration']['mean']:.1f} / {g['duration']['max']:.1f} s" if g["duration"]["n"] else "",
          "(measured)"),
@@ -234,8 +249,12 @@ def table_rows(result: dict) -> list[tuple[str, str, str, str]]:
         "roll": [
             ("planned roll: new TCP connections failed, all runs", failed_connections,
              f"{t('roll_failed_connections')}"),
+            ("  of them until the pod came back / after", lambda g: " / ".join(
+                str(g["counts"].get(k, 0)) for k in ("failed_until_back", "failed_after_back")), "(measured)"),
             ("  longest datagram gap of a stream, SIGTERM → ready, p50 / p99", ms("datagram_gap"),
              f"{t('roll_gap_p99')} p99"),
+            ("  the same until the pod came back, p50 / p99", ms("gap_until_back"), "(measured)"),
+            ("  the same after it came back, p50 / p99", ms("gap_after_back"), "(measured)"),
             ("  open streams broken before the tunnel-controller exited", of("inflight_broken_before_exit", "inflight"),
              "(measured)"),
             ("  open streams errored after the exit (the pod gone)", of("inflight_errored_after_exit", "inflight"),
@@ -325,12 +344,32 @@ class Bench:
         apis = self.topo.apiservers if apis is None else apis
         return sum(await asyncio.gather(*(self.topo.metric(api, name, **labels) for api in apis)))
 
+    async def tally(self) -> Counter:
+        """Primary switches (leaving, primary down) and server-steering moves so far, summed
+        over the kube-apiservers (whose daemons a run does not restart)."""
+        totals: Counter = Counter()
+        for api in self.topo.apiservers:
+            status, body = await self.topo.http(api, "/metrics")
+            assert status == 200, f"{api.name}: /metrics answered {status}"
+            totals["switches_leaving"] += nsutil.metric_value(body, "path_controller_switches_total", reason="leaving")
+            totals["switches_down"] += nsutil.metric_value(body, "path_controller_switches_total",
+                                                           reason="primary down")
+            if self.setup.fleet.steering:
+                totals["steering_moves"] += sum(
+                    nsutil.metric_value(body, "path_controller_server_moves_total", reason=reason)
+                    for reason in MOVE_REASONS)
+        return totals
+
+    async def start_shoot(self, shoot) -> None:
+        """The vpn-shoot pod's processes started (a fork of this process takes a while in UML: off the loop)."""
+        await asyncio.to_thread(self.topo.start_shoot_clients, shoot)
+        await asyncio.to_thread(self.topo.start_tunnel_controller, shoot)
+
     async def restore_shoot(self, shoot) -> None:
         """The vpn-shoot pod (again): whatever is left of it killed, its clients and
         tunnel-controller started, every daemon ready."""
         await asyncio.to_thread(self.topo.kill_shoot, shoot)
-        self.topo.start_shoot_clients(shoot)
-        self.topo.start_tunnel_controller(shoot)
+        await self.start_shoot(shoot)
         await self.topo.wait_converged(timeout=CONVERGE)
 
     async def dump(self, label: str) -> None:
@@ -365,8 +404,6 @@ async def planned_roll(bench: Bench, run: int) -> Run:
     before = await bench.primaries()
     victim = busiest(before)
     shoot = topo.shoots[victim]
-    switched_before = {reason: await bench.metric_sum("path_controller_switches_total", reason=reason)
-                       for reason in ("leaving", "primary down")}
     opened: list = []
     results: list = []
     connector = None
@@ -408,22 +445,29 @@ async def planned_roll(bench: Bench, run: int) -> Run:
                 await asyncio.gather(connector, return_exceptions=True)
         attempts, failed, errors = connection_outcomes(results)
         broken_before, errored_after = inflight_breaks([s.error_at for s in inflight.values()], exited)
-        switched = {reason: await bench.metric_sum("path_controller_switches_total", reason=reason) - count
-                    for reason, count in switched_before.items()}
         window = back - t_term
-        note = (f"victim vpn-shoot-{victim}, exit code {process.popen.returncode}, pod gone {restarting - gone:.1f} s, "
-                f"switches leaving {switched['leaving']:.0f} primary down {switched['primary down']:.0f}")
+        in_window = sum(1 for r in results if r[0] >= t_term)
+        note = f"victim vpn-shoot-{victim}, exit code {process.popen.returncode}, pod gone {restarting - gone:.1f} s"
         if errors:
             note += f", failed: {errors}"
-        if attempts < 0.5 * CONNECTS_PER_SECOND * window:
-            note += f", connections came slower than asked ({attempts} in {window:.1f} s)"
+        if in_window < 0.5 * CONNECTS_PER_SECOND * window:
+            note += f", connections came slower than asked ({in_window} in {window:.1f} s)"
         return Run(
             seconds={"datagram_gap": [s.longest_outage(t_term, back) for s in udps.values()],
+                     "gap_until_back": [s.longest_outage(t_term, restarting) for s in udps.values()],
+                     "gap_after_back": [s.longest_outage(restarting, back) for s in udps.values()],
                      "exit": [exited - t_term], "back_to_ready": [back - restarting]},
-            counts={"connections": attempts, "failed_connections": failed, "inflight": len(inflight),
+            counts={"connections": attempts, "failed_connections": failed,
+                    "failed_until_back": failed_between(results, float("-inf"), restarting),
+                    "failed_after_back": failed_between(results, restarting, float("inf")),
+                    "inflight": len(inflight),
                     "inflight_broken_before_exit": broken_before, "inflight_errored_after_exit": errored_after,
                     "apiservers": len(after), "off_victim_at_exit": sum(p != victim for p in after.values())},
             note=note,
+            events={"failed_connections": [(round(r[0] - t_term, 3), r[1], type(r[2]).__name__)
+                                           for r in results if isinstance(r[2], BaseException)],
+                    "exited": [exited - t_term], "gone": [gone - t_term], "restarting": [restarting - t_term],
+                    "ready": [back - t_term]},
         )
     finally:
         if connector is not None and not connector.done():
@@ -533,14 +577,19 @@ async def vpn_shoot_death(bench: Bench, run: int) -> Run:
     opened: list = []
     try:
         streams: list[ViaStream] = []
-        for api in topo.apiservers:
+        owner: dict[int, str] = {}
+
+        async def open_from(api) -> None:
             streams.append(await ViaStream(api.ns).start())
             opened.append(streams[-1])
+            owner[id(streams[-1])] = api.name
+
+        for api in topo.apiservers:
+            await open_from(api)
         extra = 0
         while extra < MAX_EXTRA_STREAMS and min(sum(s.via == j for s in streams) for j in range(len(topo.shoots))) \
                 < STREAMS_PER_SHOOT:
-            streams.append(await ViaStream(topo.apiservers[0].ns).start())
-            opened.append(streams[-1])
+            await open_from(topo.apiservers[0])
             extra += 1
         victim = busiest({str(i): s.via for i, s in enumerate(streams)})
         shoot = topo.shoots[victim]
@@ -552,22 +601,24 @@ async def vpn_shoot_death(bench: Bench, run: int) -> Run:
             await wait_quietly(lambda: all(s.error for s in doomed), ERROR_TIMEOUT,
                                f"every stream through dead vpn-shoot-{victim} errors")
             seen = time.monotonic()
+            errored_at = [s.error_at - t0 for s in doomed if s.error_at is not None]  # within ERROR_TIMEOUT
             await wait_quietly(lambda: all(s.echoes_since(seen) >= 3 or s.error for s in others), OTHERS_FLOW,
                                "the other vpn-shoot's streams echo")
             other_broken = sum(1 for s in others if s.error or s.echoes_since(seen) < 3)
             errors = sorted({type(s.error).__name__ for s in doomed if s.error})
         finally:
             await asyncio.to_thread(topo.kill_shoot, shoot)
-            topo.start_shoot_clients(shoot)
-            topo.start_tunnel_controller(shoot)
+            await bench.start_shoot(shoot)
             await topo.wait_bonds_on(0, timeout=CONVERGE)
             await topo.wait_converged(timeout=CONVERGE)
         return Run(
-            seconds={"error_after_kill": [s.error_at - t0 for s in doomed if s.error_at is not None]},
-            counts={"doomed": len(doomed), "hung": sum(1 for s in doomed if s.error is None),
+            seconds={"error_after_kill": errored_at},
+            counts={"doomed": len(doomed), "hung": len(doomed) - len(errored_at),
                     "other_streams": len(others), "other_broken": other_broken},
             note=f"victim vpn-shoot-{victim}, {len(streams)} streams ({extra} more from "
                  f"{topo.apiservers[0].name}), errors {errors}",
+            events={"streams": [(owner[id(s)], s.via, None if s.error_at is None else round(s.error_at - t0, 3),
+                                 type(s.error).__name__ if s.error else None) for s in streams]},
         )
     finally:
         close_all(opened)
@@ -613,7 +664,9 @@ async def run_scenario(bench: Bench, scenario: str, runs: int) -> tuple[dict, bo
                 return aggregate(done, failures, discarded), False
             started = time.monotonic()
             try:
+                before = await bench.tally()
                 result = await STEPS[scenario](bench, run)
+                result.counts.update({key: int(value) for key, value in ((await bench.tally()) - before).items()})
             except Discarded as why:
                 log(f"  {label} discarded: {why}")
                 discarded.append({"run": run + 1, "why": str(why)})
@@ -635,6 +688,7 @@ async def run_scenario(bench: Bench, scenario: str, runs: int) -> tuple[dict, bo
 async def run_fleet(setup: Setup, args) -> dict:
     fleet = setup.fleet
     log_dir = RESULTS / "connections-bench-logs" / fleet.name
+    shutil.rmtree(log_dir, ignore_errors=True)  # the processes' logs are numbered: an old run's would mix in
     workdir = Path(f"/tmp/connections-bench-{fleet.name}")
     workdir.mkdir(parents=True, exist_ok=True)
     async with Namespaces(log_dir) as spaces:

@@ -12,6 +12,7 @@ from benchmarks.connections import (
     aggregate,
     busiest,
     connection_outcomes,
+    failed_between,
     figures,
     inflight_breaks,
     result_name,
@@ -20,11 +21,15 @@ from benchmarks.connections import (
 )
 
 
-def roll_run(failed: int = 0, gap: float = 0.05, broken: int = 0, errored_after: int = 2, duration: float = 20.0):
-    return Run({"datagram_gap": [gap, 0.0, 0.0], "exit": [5.1], "back_to_ready": [4.0]},
-               {"connections": 400, "failed_connections": failed, "inflight": 2, "inflight_broken_before_exit": broken,
-                "inflight_errored_after_exit": errored_after, "apiservers": 3, "off_victim_at_exit": 3},
-               duration=duration)
+def roll_run(failed: int = 0, gap: float = 0.05, broken: int = 0, errored_after: int = 2, duration: float = 20.0,
+             failed_after_back: int = 0, moves: int = 0):
+    return Run({"datagram_gap": [gap, 0.0, 0.0], "gap_until_back": [0.0, 0.0, 0.0], "gap_after_back": [gap, 0.0, 0.0],
+                "exit": [5.1], "back_to_ready": [4.0]},
+               {"connections": 400, "failed_connections": failed, "failed_until_back": failed - failed_after_back,
+                "failed_after_back": failed_after_back, "inflight": 2, "inflight_broken_before_exit": broken,
+                "inflight_errored_after_exit": errored_after, "apiservers": 3, "off_victim_at_exit": 3,
+                "switches_leaving": 2, "switches_down": 0, "steering_moves": moves},
+               duration=duration, events={"failed_connections_started": [1.0] * failed})
 
 
 def stall_run(broken: int = 0, streams: int = 2):
@@ -64,6 +69,7 @@ def test_one_runs_connections_and_streams():
     attempts, failed, errors = connection_outcomes(results)
     assert (attempts, failed) == (5, 3)
     assert errors == {"ConnectionResetError": 1, "TimeoutError": 2}
+    assert failed_between(results, 1.05, 1.2) == 2 and failed_between(results, float("-inf"), float("inf")) == 3
     assert inflight_breaks([None, 4.0, 5.0, 6.0], exited=5.0) == (2, 1)
     assert stream_fates([False, True, False, False], [True, False, False, True]) == (2, 1, 1)
 
@@ -115,7 +121,7 @@ def test_not_run_is_not_measured_and_failed_or_nothing_to_measure_is_a_miss():
 
 
 def test_the_table_puts_vpn2_beside_ours_and_names_the_targets():
-    vpn2 = {"roll": aggregate([roll_run(failed=30, gap=4.0, broken=0, errored_after=2)], []),
+    vpn2 = {"roll": aggregate([roll_run(failed=30, gap=4.0, broken=0, errored_after=2, failed_after_back=10)], []),
             "stall": aggregate([stall_run(broken=2)], [], [{"run": 2, "why": "no switch"}]),
             "death": aggregate([death_run(error_after=25.0, hung=1)], [])}
     rows = table_rows(result(good(), vpn2))
@@ -125,6 +131,10 @@ def test_the_table_puts_vpn2_beside_ours_and_names_the_targets():
 
     assert cells("new TCP connections failed") == [("30/400, max 30/run", "0/800, max 0/run", "= 0 failed")]
     assert cells("longest datagram gap") == [("0 / 4000 ms", "0 / 50 ms", "≤ 100 ms p99")]
+    assert cells("until the pod came back / after")[0][:2] == ("20 / 10", "0 / 0")
+    assert cells("the same after it came back")[0][:2] == ("0 / 4000 ms", "0 / 50 ms")
+    assert cells("primary switches of the kube-apiservers")[0][:2] == ("2 / 0", "4 / 0")
+    assert cells("server-steering moves")[0][:2] == ("0", "0")
     assert cells("broken before the tunnel-controller exited") == [("0/2", "0/4", "(measured)")]
     assert cells("errored after the exit")[0][:2] == ("2/2", "4/4")
     assert cells("open TCP streams broken") == [("2/2", "0/2", "= 0 broken")]
