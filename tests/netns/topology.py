@@ -43,7 +43,13 @@ class Peer:
 class BondLab:
     """Build with ``await BondLab.create(make_netns, ipr_factory)``."""
 
-    def __init__(self, make_netns, ipr_factory, servers: int = 2, shoot_clients: int = 2, miimon: int = 100):
+    def __init__(
+        self, make_netns, ipr_factory, servers: int = 2, shoot_clients: int = 2, miimon: int = 100,
+        split_tolerant: bool = True,
+    ):
+        """``split_tolerant``: bonds as `bonding setup` makes them by default; False: vpn2's
+        (``fail_over_mac active``, inactive slaves drop frames)."""
+        self.split_tolerant = split_tolerant
         self._make_netns = make_netns
         self._ipr_factory = ipr_factory
         self.servers = servers
@@ -84,7 +90,10 @@ class BondLab:
             inner = await link_index(ipr, f"eth{i}")
             slaves.append(inner)
             peer.ifindex[f"eth{i}"] = inner
-        bond, _ = await ensure_bond(ipr, BOND_DEVICE, BondSpec(miimon=self.miimon), slaves)
+        spec = BondSpec(miimon=self.miimon)
+        if not self.split_tolerant:
+            spec = BondSpec(miimon=self.miimon, fail_over_mac=1, all_slaves_active=0)
+        bond, _ = await ensure_bond(ipr, BOND_DEVICE, spec, slaves)
         peer.ifindex[BOND_DEVICE] = bond
         # As `bonding setup` leaves it (the daemons' behaviour under loss depends on it).
         nsutil.run_in(peer.ns, nsutil.sysctl_cmd(sysctl.bond_neighbour_sysctls(BOND_DEVICE)))
