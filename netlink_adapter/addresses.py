@@ -15,6 +15,7 @@ from pyroute2.netlink.rtnl.ifaddrmsg import (
 )
 from pyroute2.netlink.rtnl.rtmsg import RT_SCOPE_UNIVERSE
 
+from netlink_adapter.dumps import dump
 from netlink_adapter.errors import deleted, translated
 
 # Flags of an address the kernel does not use (yet): bound sockets would fail.
@@ -37,7 +38,7 @@ def describe_address_flags(flags: int) -> str:
 async def global_addresses(ipr: AsyncIPRoute, index: int, family: int = AF_INET6) -> list[tuple[IPv6Interface, int]]:
     """(address/prefix, IFA flags) of the universe-scope addresses on a link."""
     result = []
-    async for msg in await ipr.addr("dump", index=index, family=family):
+    for msg in await dump(ipr, "addr", index=index, family=family):
         if msg["index"] != index or msg["scope"] != RT_SCOPE_UNIVERSE:
             continue
         flags = msg.get("IFA_FLAGS", msg["flags"])

@@ -10,6 +10,7 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.arp import ARPHRD_TUNNEL6  # noqa: F401  (the device type of ip6tnl links, for callers)
 from pyroute2.netlink.exceptions import NetlinkError
 
+from netlink_adapter.dumps import dump
 from netlink_adapter.errors import AlreadyExists, NotFound, creation_error, raise_domain_error, translated
 from netlink_adapter.links import IP6TNL_FEATURE, Ensured, delete_link, is_up, link_by_name, link_index, link_kind
 
@@ -62,7 +63,7 @@ def ip6tnl_matches(link, local: IPv6Address, remote: IPv6Address) -> bool:
 @translated
 async def dump_ip6tnl(ipr: AsyncIPRoute) -> list[Ip6tnlFacts]:
     """Every ip6tnl device of the namespace."""
-    return [ip6tnl_state(link) async for link in await ipr.link("dump") if link_kind(link) == "ip6tnl"]
+    return [ip6tnl_state(link) for link in await dump(ipr, "link") if link_kind(link) == "ip6tnl"]
 
 
 @translated

@@ -19,6 +19,7 @@ from pyroute2.netlink.nlsocket import NetlinkRequest
 from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_NEWLINK
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
 
+from netlink_adapter.dumps import dump
 from netlink_adapter.errors import (
     KernelFeatureMissing,
     NotFound,
@@ -157,7 +158,7 @@ async def _get_link(ipr: AsyncIPRoute, *, name: str | None = None, index: int = 
 @translated
 async def dump_links(ipr: AsyncIPRoute) -> list[LinkFacts]:
     """Every link of the namespace."""
-    return [facts async for msg in await ipr.link("dump") if (facts := link_facts(msg)) is not None]
+    return [facts for msg in await dump(ipr, "link") if (facts := link_facts(msg)) is not None]
 
 
 # --- deletes and features -------------------------------------------------

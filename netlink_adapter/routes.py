@@ -9,6 +9,7 @@ from socket import AF_INET, AF_INET6
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.rtnl import rt_type
 
+from netlink_adapter.dumps import dump
 from netlink_adapter.errors import deleted, translated
 
 IPNetwork = IPv4Network | IPv6Network
@@ -57,7 +58,7 @@ async def dump_routes(ipr: AsyncIPRoute, table: int | None = RT_TABLE_MAIN) -> l
     """Every IPv4 and IPv6 route of ``table`` (None: of every table), cached exceptions left out."""
     found = []
     for family in FAMILIES:
-        async for msg in await ipr.route("dump", family=family):
+        for msg in await dump(ipr, "route", family=family):
             route = route_facts(msg)
             if route is not None and (table is None or route.table == table):
                 found.append(route)

@@ -9,6 +9,7 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.fibmsg import FR_ACT_TO_TBL
 
+from netlink_adapter.dumps import dump
 from netlink_adapter.errors import AlreadyExists, deleted, domain_error, raise_domain_error, translated
 
 FAMILIES = (AF_INET, AF_INET6)
@@ -43,7 +44,7 @@ async def dump_fwmark_rules(ipr: AsyncIPRoute) -> list[FwmarkRule]:
     """Every fwmark → table rule, IPv4 and IPv6."""
     found = []
     for family in FAMILIES:
-        async for msg in await ipr.rule("dump", family=family):
+        for msg in await dump(ipr, "rule", family=family):
             rule = _rule(msg)
             if rule is not None:
                 found.append(rule)
