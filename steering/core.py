@@ -213,8 +213,12 @@ class ServerSteering:
         at = self.heard_at.get((peer, server))
         if at is None:  # never heard through it
             return latest_elsewhere is None
-        if self.now - at > config.dead_after:  # silent through it
-            return latest_elsewhere is None or latest_elsewhere < at + config.dead_after / 2
+        if self.now - at > config.dead_after:  # silent through it: against it only while the peer speaks elsewhere
+            return (
+                latest_elsewhere is None
+                or self.now - latest_elsewhere > config.dead_after  # silent everywhere: says nothing
+                or latest_elsewhere < at + config.dead_after / 2
+            )
         if me in self.beacons[(peer, server)].heard:
             return True
         # It does not hear us through this server: does it hear us through another?

@@ -202,3 +202,25 @@ def test_beacons_late_through_every_server_move_nobody():
         f.stall(10 + 3 * k, 2.0)  # longer than dead_after, on both servers at once
     f.run(30)
     assert {name: pod.moves for name, pod in f.pods.items()} == moves
+
+
+def test_a_peer_gone_silent_everywhere_counts_against_no_server():
+    """A peer that stops (its daemon restarted, its pod gone) whose last beacon through
+    server 1 came later than through server 0 (a busy node delivers late): once it is
+    silent through every server that difference is no evidence against server 0."""
+    me = PLAN.seed_client(3)
+    shoots = [PLAN.shoot_client(0), PLAN.shoot_client(1)]
+    core = ServerSteering(SteeringConfig(me, PLAN, 2), 0.0)
+    core.handle(BondSeen(0.0, frozenset({0, 1}), 0, 0))
+    moves = []
+    t = 0.0
+    while t < 15.0:
+        t = round(t + 0.05, 2)
+        for j, shoot in enumerate(shoots):
+            for server in (0, 1):
+                stops = 5.0 if server == 0 else 5.45  # shoot 1's last beacon through server 1 came late
+                if int(t * 100) % 20 == 0 and (j == 0 or t <= stops):
+                    core.handle(BeaconHeard(t, server, Beacon(shoot, server, 0, frozenset({0, 1}), frozenset({me}))))
+        moves += [e for e in core.handle(Tick(t)) if isinstance(e, SetPrimary) and e.move]
+    assert moves == []
+    assert core.reach(0) == core.reach(1) == set(shoots)
