@@ -43,6 +43,26 @@ _HEAD = struct.Struct("!5sBBHBBBI16sB")  # magic .. heard-count
 _TRAILER = struct.Struct("!Q16s")  # timestamp ms, truncated HMAC
 
 
+# Where the byte that tells a kube-apiserver's bond address from a vpn-shoot's sits in a
+# frame (Ethernet header, then the head up to the sender, then its byte 13: bonding/plan.py).
+SENDER_OFFSET = 14 + _HEAD.size - 17
+ROLE_BYTE = 13
+
+
+def peers_only_filter(peer_role_byte: int) -> bytes:
+    """A classic BPF program (struct sock_filter[]) that passes only frames whose sender has
+    ``peer_role_byte``: a pod's socket then never wakes for beacons of its own kind, which
+    tell it nothing (a kube-apiserver hears every other one through each server)."""
+    load_byte, jump_if_equal, give = 0x30, 0x15, 0x06
+    program = [
+        (load_byte, 0, 0, SENDER_OFFSET + ROLE_BYTE),
+        (jump_if_equal, 0, 1, peer_role_byte),
+        (give, 0, 0, 0xFFFF),  # the whole frame (beacons are far shorter)
+        (give, 0, 0, 0),  # nothing
+    ]
+    return b"".join(struct.pack("HBBI", *instruction) for instruction in program)
+
+
 class BadBeacon(ValueError):
     """A frame that is no valid beacon; ``reason`` is a bounded metric label."""
 

@@ -10,8 +10,10 @@ without steering (the kernel's behaviour, as vpn2).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable
 from ipaddress import IPv6Address
@@ -26,12 +28,28 @@ from netlink_adapter.bond import set_primary
 from netlink_adapter.errors import KERNEL_ERRORS
 from netlink_adapter.events import EventStream, LinkEvent
 from netlink_adapter.links import LinkFacts, dump_links, link_by_name, link_facts
-from steering.beacon import ETHERTYPE, BadBeacon, Beacon, decode, encode
+from steering.beacon import ETHERTYPE, ROLE_BYTE, BadBeacon, Beacon, decode, encode, peers_only_filter
 from steering.core import BeaconHeard, BondSeen, Event, SendBeacon, ServerSteering, SetPrimary, SteeringConfig, Tick
 from steering.metrics import SteeringMetrics
 
 LOG = logging.getLogger("steering")
+SO_ATTACH_FILTER = 26  # socket.SO_ATTACH_FILTER where Python has it
 READ_BATCH = 64  # frames read per wake-up of a socket, at most
+
+
+def keep_peers_only(sock: socket.socket, config: SteeringConfig) -> str | None:
+    """Let the kernel drop beacons of our own kind before they wake us (see
+    ``peers_only_filter``); without the filter they are read and ignored by the core.
+    None, or why the filter could not be attached."""
+    peer = config.plan.shoot_client(0) if config.seed_side else config.plan.seed_client(1)
+    instructions = peers_only_filter(peer.packed[ROLE_BYTE])
+    program = ctypes.create_string_buffer(instructions, len(instructions))  # struct sock_fprog points at it
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                        struct.pack("HL", len(instructions) // 8, ctypes.addressof(program)))
+    except OSError as exc:
+        return exc.strerror
+    return None
 
 
 class SteeringUnavailable(RuntimeError):
@@ -94,6 +112,7 @@ class SteeringRunner:
                 self.close()
                 raise SteeringUnavailable(f"server steering off: cannot listen on {tap_name(server)}: {exc.strerror}") from None
             sock.setblocking(False)
+            self._peers_only(sock)
             self.sockets[server] = sock
             loop.add_reader(sock.fileno(), self._readable, server)
         try:
@@ -103,6 +122,11 @@ class SteeringRunner:
             LOG.warning("cannot read links; the bond is known from its next change", extra={"error": str(exc)})
         self._bond_changed()
         LOG.info("server steering on", extra={"servers": self.config.servers, "me": str(self.config.me)})
+
+    def _peers_only(self, sock: socket.socket) -> None:
+        problem = keep_peers_only(sock, self.config)
+        if problem is not None and self.log_limit.allow("filter") is not None:
+            LOG.info("beacons of our own kind are read and ignored: no socket filter", extra={"error": problem})
 
     def tasks(self) -> dict:
         return {"steering": self._decision_loop(), "steering-links": self._link_loop()}
