@@ -334,6 +334,11 @@ class HaTopology:
         async def converged():
             nonlocal problems
             problems = await self.readiness()
+            for shoot in self.shoots:  # a ready tunnel-controller may not have heard every announcement yet
+                if shoot.name not in problems:
+                    missing = {api.bond_address for api in self.apiservers} - set(await self.shoot_tunnels(shoot))
+                    if missing:
+                        problems[shoot.name] = f"no tunnel to {', '.join(map(str, sorted(missing)))}"
             return not problems
 
         try:

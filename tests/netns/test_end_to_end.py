@@ -26,7 +26,8 @@ from tests.netns.traffic import TcpEchoServer, UdpEchoServer, UdpStream
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-PEER_EXPIRY = 20  # seconds; short so that a replaced apiserver's tunnels go in the test
+PEER_EXPIRY = 45  # seconds; short so that a replaced apiserver's tunnels go in the test, longer than a
+# daemon takes to start on a loaded sandbox (its restart must not look like its death)
 HOLD = 1.5  # PROBE_FAILOVER_HOLD: no verdict while a kube-apiserver's own bond fails over
 
 
