@@ -28,6 +28,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 PEER_EXPIRY = 45  # seconds; short so that a replaced apiserver's tunnels go in the test, longer than a
 # daemon takes to start on a loaded sandbox (its restart must not look like its death)
+# 20 datagrams/s per stream: at the streams' default 100/s three of them alone kept the sandbox's one
+# vCPU busy (OpenVPN encrypts each datagram three times), and a daemon restarting took 36 s to start.
+STREAM_INTERVAL = 0.05
 HOLD = 1.5  # PROBE_FAILOVER_HOLD: no verdict while a kube-apiserver's own bond fails over
 
 
@@ -75,7 +78,7 @@ async def switches(topo, api) -> float:
 async def test_steady_state_every_apiserver_reaches_every_shoot_network(topo, streams):
     for api in topo.apiservers:
         for target in SHOOT_TARGETS:
-            stream = await streams(UdpStream, api.ns, str(target), interval=0.05)
+            stream = await streams(UdpStream, api.ns, str(target), interval=STREAM_INTERVAL)
             await stream.wait_flowing(timeout=20)
     bond_addresses = {api.bond_address for api in topo.apiservers}
     for shoot in topo.shoots:
@@ -95,7 +98,7 @@ async def test_shoot_killed_only_its_apiservers_switch(topo, streams):
     victim = max(set(primaries.values()), key=list(primaries.values()).count)
     survivor = 1 - victim
     before = {api.name: await switches(topo, api) for api in topo.apiservers}
-    udps = {api.name: await streams(UdpStream, api.ns, str(SHOOT_POD)) for api in topo.apiservers}
+    udps = {api.name: await streams(UdpStream, api.ns, str(SHOOT_POD), interval=STREAM_INTERVAL) for api in topo.apiservers}
     for stream in udps.values():
         await stream.wait_flowing()
     t0 = time.monotonic()
@@ -141,7 +144,7 @@ async def test_loss_on_a_shoot_path_does_not_switch(topo, streams):
     shoot = topo.shoots[victim]
     # A stream through the lossy vpn-shoot measures the loss the traffic meets.
     api = next(a for a in topo.apiservers if primaries[a.name] == victim)
-    udp = await streams(UdpStream, api.ns, str(SHOOT_POD), interval=0.05)
+    udp = await streams(UdpStream, api.ns, str(SHOOT_POD), interval=STREAM_INTERVAL)
     await udp.wait_flowing()
     before = {api.name: await switches(topo, api) for api in topo.apiservers}
     topo.path_netem(shoot, f"loss {LOSS_EACH_WAY:.0%}")
@@ -161,7 +164,7 @@ async def test_loss_on_a_shoot_path_does_not_switch(topo, streams):
 async def test_path_controller_restart_keeps_and_adopts_routes(topo, streams):
     api = topo.apiservers[1]
     primary = await topo.primary_of(api)
-    udp = await streams(UdpStream, api.ns, str(SHOOT_POD))
+    udp = await streams(UdpStream, api.ns, str(SHOOT_POD), interval=STREAM_INTERVAL)
     await udp.wait_flowing()
     t0 = time.monotonic()
     assert topo.stop(api, "path-controller") == 0
@@ -180,7 +183,7 @@ async def test_path_controller_restart_keeps_and_adopts_routes(topo, streams):
 
 async def test_tunnel_controller_restart_loses_nothing(topo, streams):
     shoot = topo.shoots[1]
-    udps = [await streams(UdpStream, api.ns, str(SHOOT_POD)) for api in topo.apiservers]
+    udps = [await streams(UdpStream, api.ns, str(SHOOT_POD), interval=STREAM_INTERVAL) for api in topo.apiservers]
     for stream in udps:
         await stream.wait_flowing()
     t0 = time.monotonic()
@@ -207,7 +210,7 @@ async def test_apiserver_replaced_new_tunnels_and_old_ones_expire(topo, streams)
     old = topo.apiservers[2]
     new = await topo.replace_apiserver(old, "kube-apiserver-7d9f8b6c5d-zzzzz", new_host=42)
     await topo.wait_converged()
-    stream = await streams(UdpStream, new.ns, str(SHOOT_POD6))
+    stream = await streams(UdpStream, new.ns, str(SHOOT_POD6), interval=STREAM_INTERVAL)
     await stream.wait_flowing()
     for shoot in topo.shoots:
         tunnels = await topo.shoot_tunnels(shoot)

@@ -79,8 +79,13 @@ async def our_moves(topo) -> dict[str, float]:
     return result
 
 
+# After a black hole OpenVPN's TCP connections to that server resume only at their next
+# retransmission, backed off for as long as the hole lasted (tens of seconds on a slow box).
+SETTLE = 90.0
+
+
 async def settle(topo, server: int = 0) -> None:
-    await topo.wait_bonds_on(server, timeout=RECONNECT)
+    await topo.wait_bonds_on(server, timeout=SETTLE)
     await topo.wait_converged()
 
 
