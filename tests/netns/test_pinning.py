@@ -133,9 +133,15 @@ async def test_open_tcp_streams_stay_on_their_vpn_shoot_through_a_switch(lab, un
         switched = time.monotonic()
         await lab.switch(pinning, 1)
         new = [await first_via(lab.seed, DST4), await first_via(lab.seed, DST6)]
-        # The switch took effect: the unpinned connection moved to vpn-shoot 1, and the far side reset it
-        # (at its next segment, or a retransmission of it).
-        await wait_error([unpinned], timeout=15)
+        # The switch took effect: the unpinned connection moved to vpn-shoot 1, which has no state for it:
+        # the far side resets it at its next segment (or a retransmission), or, that reset lost (seen
+        # once in CI), the connection hears nothing more, where it would have kept echoing through 0.
+
+        def moved() -> bool:
+            return unpinned.error is not None or unpinned.echoes[-1][0] < time.monotonic() - 3.0
+
+        await nsutil.wait_for(moved, timeout=15, message="the unpinned connection to break")
+        assert unpinned.vias_since(switched) <= {0}
         for stream in pinned:
             await stream.wait_echoes(len(stream.echoes) + 10)
             assert stream.error is None and stream.vias_since(switched) == {0}
