@@ -267,7 +267,7 @@ def table_rows(result: dict) -> list[tuple[str, str, str, str]]:
             ("forced switch (path stalled): open TCP streams broken", of("broken", "streams"), f"{t('stall_broken')}"),
             ("  streams resumed / errored / silent", lambda g: " / ".join(
                 str(g["counts"].get(k, 0)) for k in ("resumed", "errored", "silent")), "(measured)"),
-            ("  putting the loss in place (tc), p50 / max", ms("loss_setup", "max"), "(harness)"),
+            ("  putting the loss in place (netlink), p50 / max", ms("loss_setup", "max"), "(harness)"),
             ("  loss being put in place → kube-apiserver switched, p50 / p99", ms("switch"), "(measured)"),
             ("  loss lifted after the last switch was seen, p50 / max", ms("lifted_after_switch", "max"),
              "(harness)"),
@@ -479,6 +479,41 @@ async def planned_roll(bench: Bench, run: int) -> Run:
 TC_H_ROOT, TC_H_INGRESS, INGRESS_HANDLE = 0xFFFFFFFF, 0xFFFFFFF1, 0xFFFF0000
 
 
+async def _path_qdiscs(topo: HaTopology, shoot) -> list[tuple[str, int, dict]]:
+    """(device, ifindex, root qdisc) of each tap and ifb ``path_netem`` put netem on."""
+    ipr = await topo.ipr(shoot.ns)
+    found = []
+    for i in range(len(topo.servers)):
+        for dev in (f"tap{i}", f"ifb{i}"):
+            index = (await link_by_name(ipr, dev))["index"]
+            (root,) = [q async for q in await ipr.get_qdiscs(index=index)
+                       if q["index"] == index and q["parent"] == TC_H_ROOT]
+            assert root.get("TCA_KIND") == "netem", f"{shoot.name}/{dev}: root qdisc {root.get('TCA_KIND')}, not netem"
+            found.append((dev, index, root))
+    return found
+
+
+def _counters(qdiscs: list[tuple[str, int, dict]]) -> tuple[int, int]:
+    """(passed, dropped) of the path's netem qdiscs, both directions."""
+    passed = dropped = 0
+    for _, _, root in qdiscs:
+        stats = root.get("TCA_STATS2")
+        passed += stats.get("TCA_STATS_BASIC")["packets"]
+        dropped += stats.get("TCA_STATS_QUEUE")["drops"]
+    return passed, dropped
+
+
+async def silence_path(topo: HaTopology, shoot) -> tuple[int, int]:
+    """Turns the loss of ``path_netem``'s qdiscs, put in place beforehand with 0 %, to 100 % over
+    netlink: the stall starts within milliseconds (``tc`` processes take seconds in UML, and the
+    path would fail tap by tap). Returns the counters at that moment: ``lift_path_loss`` subtracts them."""
+    ipr = await topo.ipr(shoot.ns)
+    qdiscs = await _path_qdiscs(topo, shoot)
+    for _, index, root in qdiscs:
+        await ipr.tc("change", kind="netem", index=index, handle=root["handle"], loss=100)
+    return _counters(await _path_qdiscs(topo, shoot))
+
+
 async def lift_path_loss(topo: HaTopology, shoot) -> tuple[int, int]:
     """Lifts ``path_netem``'s loss on the vpn-shoot's VPN path over netlink, in milliseconds
     (``path_netem(shoot, None)`` runs ``tc`` processes, which take seconds in UML: long
@@ -487,19 +522,9 @@ async def lift_path_loss(topo: HaTopology, shoot) -> tuple[int, int]:
     directions; then each tap's root qdisc and ingress (the redirect to its ifb) are
     deleted. ``path_netem(shoot, None)`` removes the rest afterwards."""
     ipr = await topo.ipr(shoot.ns)
-    passed = dropped = 0
-    taps = []
-    for i in range(len(topo.servers)):
-        for dev in (f"tap{i}", f"ifb{i}"):
-            index = (await link_by_name(ipr, dev))["index"]
-            (root,) = [q async for q in await ipr.get_qdiscs(index=index)
-                       if q["index"] == index and q["parent"] == TC_H_ROOT]
-            assert root.get("TCA_KIND") == "netem", f"{shoot.name}/{dev}: root qdisc {root.get('TCA_KIND')}, not netem"
-            stats = root.get("TCA_STATS2")
-            passed += stats.get("TCA_STATS_BASIC")["packets"]
-            dropped += stats.get("TCA_STATS_QUEUE")["drops"]
-            if dev.startswith("tap"):
-                taps.append(index)
+    qdiscs = await _path_qdiscs(topo, shoot)
+    passed, dropped = _counters(qdiscs)
+    taps = [index for dev, index, _ in qdiscs if dev.startswith("tap")]
     for index in taps:
         await ipr.tc("del", index=index, handle=0, parent=TC_H_ROOT)
         await ipr.tc("del", index=index, handle=INGRESS_HANDLE, parent=TC_H_INGRESS)
@@ -530,16 +555,19 @@ async def forced_switch(bench: Bench, run: int) -> Run:
                     switched_at.setdefault(api.name, time.monotonic())
             return len(switched_at) == len(moving)
 
-        t0 = time.monotonic()
-        await asyncio.to_thread(topo.path_netem, shoot, "loss 100%")
-        in_place = time.monotonic()
+        await asyncio.to_thread(topo.path_netem, shoot, "loss 0%")  # in place, passing everything
+        baseline = (0, 0)
         try:
+            t0 = time.monotonic()
+            baseline = await silence_path(topo, shoot)
+            in_place = time.monotonic()
             await wait_quietly(all_switched, SWITCH_TIMEOUT, f"every kube-apiserver off vpn-shoot-{victim}",
                                interval=0.05)  # judged below: some switched, or none (the run is discarded)
         finally:
             try:
                 passed, dropped = await lift_path_loss(topo, shoot)
                 lifted = time.monotonic()
+                passed, dropped = passed - baseline[0], dropped - baseline[1]
             finally:
                 await asyncio.to_thread(topo.path_netem, shoot, None)
         if not switched_at:
