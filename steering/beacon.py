@@ -44,8 +44,8 @@ _TRAILER = struct.Struct("!Q16s")  # timestamp ms, truncated HMAC
 
 
 # Where the byte that tells a kube-apiserver's bond address from a vpn-shoot's sits in a
-# frame (Ethernet header, then the head up to the sender, then its byte 13: bonding/plan.py).
-SENDER_OFFSET = 14 + _HEAD.size - 17
+# frame (Ethernet header, the head's fields before the sender, then its byte 13: bonding/plan.py).
+SENDER_OFFSET = 14 + struct.calcsize(_HEAD.format[: _HEAD.format.index("16s")])
 ROLE_BYTE = 13
 
 
