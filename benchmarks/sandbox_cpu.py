@@ -17,10 +17,9 @@ import asyncio
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
-from benchmarks.common import Namespaces, log
+from benchmarks.common import Namespaces, cpu_idle_and_total, cpu_seconds, log
 from tests.netns import nsutil
 from tests.netns.ha_topology import SHOOT_POD, SHOOT_TARGETS, HaTopology
 from tests.netns.traffic import TcpEchoServer, TcpStream, UdpEchoServer, UdpStream
@@ -44,33 +43,26 @@ def program_of(pid: str) -> str | None:
     return "harness" if "benchmarks.sandbox_cpu" in text else None
 
 
-def cpu_ticks() -> dict[str, int]:
-    """Clock ticks used so far per program (user + system)."""
-    used: dict[str, int] = {}
+def cpu_used() -> dict[str, float]:
+    """CPU seconds used so far per program."""
+    used: dict[str, float] = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or (program := program_of(pid)) is None:
             continue
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
+            used[program] = used.get(program, 0.0) + cpu_seconds(int(pid))
+        except OSError:  # the process ended meanwhile
             continue
-        used[program] = used.get(program, 0) + int(fields[11]) + int(fields[12])
     return used
 
 
-def idle_ticks() -> int:
-    with open("/proc/stat") as f:
-        return int(f.readline().split()[4])
-
-
 async def measure() -> dict:
-    hz = os.sysconf("SC_CLK_TCK")
-    before, idle_before, t0 = cpu_ticks(), idle_ticks(), time.monotonic()
+    before, (idle_before, total_before) = cpu_used(), cpu_idle_and_total()
     await asyncio.sleep(WINDOW)
-    after, idle_after, seconds = cpu_ticks(), idle_ticks(), time.monotonic() - t0
-    share = {name: round((after[name] - before.get(name, 0)) / hz / seconds * 100, 1) for name in after}
-    return {"idle_percent": round((idle_after - idle_before) / hz / seconds * 100, 1),
+    after, (idle_after, total_after) = cpu_used(), cpu_idle_and_total()
+    elapsed = total_after - total_before
+    share = {name: round((after[name] - before.get(name, 0.0)) / elapsed * 100, 1) for name in after}
+    return {"idle_percent": round((idle_after - idle_before) / elapsed * 100, 1),
             "used_percent": dict(sorted(share.items(), key=lambda kv: -kv[1]))}
 
 
