@@ -84,6 +84,13 @@ class ProbeTiming:
     stall_window: float = 60.0
     stall_factor: float = 4.0
     stall_memory: float = 0.0  # off by default: see PROBE_STALL_MEMORY in the README
+    # When the other target was silent too (for a dead interval or more) while the
+    # primary's silence began, something both paths share failed: this node, a server.
+    # Their paths come back apart by as much as the bonds' moves are apart (server
+    # steering moves each pod on its own, 0.1-0.7 s apart measured on a loaded
+    # sandbox), so the primary must stay silent this long after the other answered
+    # before it counts as outlasted. A primary that dies alone is judged at once.
+    shared_silence_margin: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,7 @@ class TargetHealth:
         # its first unanswered probe), and (send time, round trip) of recent answers.
         self.silent_since = float("inf")
         self.answers: deque[tuple[float, float]] = deque(maxlen=64)
+        self.silences: deque[tuple[float, float]] = deque(maxlen=8)  # (start, end) of recent long silences
         self.hold_until = float("-inf")  # no DOWN verdict before this (bondwatch)
 
     # --- inputs -----------------------------------------------------------
@@ -138,6 +146,8 @@ class TargetHealth:
         # they say nothing about the path, neither as stalls nor as round trips.
         if self.up_since <= sent_at < self.down_since:
             self._judge_round_trip(rtt, now, others)
+        if now - self.silent_since >= self.timing.dead_interval:
+            self.silences.append((self.silent_since, now))
         self.last_answer = self.last_tick = now
         self.unanswered.clear()
         self.silent_since = float("inf")
@@ -201,10 +211,13 @@ class TargetHealth:
         one then stayed silent for half a dead interval more: this path failed, not just
         the moment. A stalled node delays every target's answers alike, and after a
         silence every target shared they come back within milliseconds. The margin costs
-        a real death nothing: the down verdict needs longer. Paths that come back
-        further apart after a server failure are the bonds failing over; the controller
-        holds verdicts for those (bondwatch)."""
+        a real death nothing: the down verdict needs longer. When ``other`` was silent
+        for a dead interval while ours began (a server failed, the bonds are moving),
+        the paths come back as far apart as the bonds' moves: the margin is then
+        ``shared_silence_margin``."""
         margin = max(self.late_after, self.timing.dead_interval / 2)
+        if any(end > self.silent_since for _, end in other.silences):
+            margin = max(margin, self.timing.shared_silence_margin)
         for sent_at, rtt in other.answers:
             if sent_at >= self.silent_since:
                 deadline = now - rtt - margin

@@ -4,9 +4,10 @@
   healthy; a recovered target does not take traffic back (no flapping).
 * Evidence: the other target must have answered a probe sent while the
   primary was silent, and the primary's probe sent with it must have stayed
-  unanswered for longer. When every target went silent together (this node
-  stalled, a server failed over) no path is better than the primary;
-  switching would only add a route change.
+  unanswered for longer (for a second when the other was silent too: the
+  bonds of both vpn-shoots move after a server event, each on its own). When
+  every target went silent together (this node stalled, a server failed over)
+  no path is better than the primary; switching would only add a route change.
 * Spread: each kube-apiserver has its own preference order over the targets,
   a rotation fixed by a hash of its identity, so pods spread over the
   vpn-shoots deterministically instead of at random.

@@ -358,9 +358,41 @@ def test_after_a_shared_blackout_the_first_fresh_answer_is_not_yet_evidence():
     probe_both(primary, other, back)
     other.answered(0.004, back + 0.004)
     assert not primary.outlasted_by(other, back + 0.005)
-    margin = DEFAULT.dead_interval / 2
+    margin = DEFAULT.shared_silence_margin  # the other was silent for a second too
     assert not primary.outlasted_by(other, back + 0.004 + margin - 0.01)
     assert primary.outlasted_by(other, back + 0.004 + margin + 0.001)
+
+
+def test_paths_back_up_to_the_shared_margin_apart_after_a_server_event_are_not_outlasting():
+    """A server black-holed: both vpn-shoots silent for 0.7 s; the other's bond moved
+    0.6 s before the primary's (each vpn-shoot's steering moves on its own)."""
+    primary, other = up(REMEMBERING), up(REMEMBERING)
+    t = S
+    while t < S + 0.7:
+        probe_both(primary, other, t)
+        t += DEFAULT.burst_interval
+    primary_back = S + 1.3
+    while t < primary_back:
+        probe_both(primary, other, t)
+        other.answered(0.003, t + 0.003)
+        assert not primary.outlasted_by(other, t + 0.004)
+        t += DEFAULT.burst_interval
+
+
+def test_the_other_answering_a_little_late_does_not_slow_down_a_death():
+    """A busy node: the other's answers come 0.2 s late (less than a dead interval) just
+    as the primary dies. That is no shared silence: the short margin applies."""
+    primary, other = up(REMEMBERING), up(REMEMBERING)
+    probe_both(primary, other, S)
+    other.answered(0.2, S + 0.2)
+    t = S + DEFAULT.interval * 3
+    while t < S + 0.6:
+        probe_both(primary, other, t)
+        other.answered(0.004, t + 0.004)
+        t += DEFAULT.interval
+    margin = max(DEFAULT.late_after, DEFAULT.dead_interval / 2)
+    assert margin < DEFAULT.shared_silence_margin
+    assert primary.outlasted_by(other, S + 0.3 + margin + 0.01)
 
 
 def test_paths_back_a_little_apart_after_a_shared_silence_are_not_outlasting():
