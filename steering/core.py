@@ -298,6 +298,11 @@ class ServerSteering:
     def _decide(self) -> None:
         active = self.active
         peers = self.peers()
+        if active is not None and peers and active not in self.carriers and self.carriers and self.requested is None:
+            # The tap in use lost carrier: the kernel leaves it only at its next link check
+            # (miimon, up to 100 ms); the primary write moves the bond now.
+            self._move(self._pick(sorted(self.carriers), self._using(peers)), CARRIER, {})
+            return
         if active is None or not peers or active not in self.carriers:
             self.better_since = self.calm_since = None
             self.history.clear()

@@ -48,6 +48,22 @@ def test_no_peer_known_leaves_the_bond_to_the_kernel():
     assert core.alone() is None
 
 
+def test_the_tap_in_use_losing_carrier_moves_the_bond_at_once():
+    """The kernel would leave the slave at its next miimon tick; steering writes the primary
+    on the link event. Without peers (vpn2's fleet) the kernel's own failover stays."""
+    me, peer = PLAN.seed_client(3), PLAN.shoot_client(0)
+    core = ServerSteering(SteeringConfig(me, PLAN, 2), 0.0)
+    core.handle(BondSeen(0.0, frozenset({0, 1}), 0, 0))
+    for server in (0, 1):
+        core.handle(BeaconHeard(0.1, server, Beacon(peer, server, 0, frozenset({0, 1}), frozenset({me}))))
+    effects = core.handle(BondSeen(0.15, frozenset({1}), 0, 0))
+    assert SetPrimary(1, move=True, reason="carrier") in effects
+    assert not [e for e in core.handle(Tick(0.16)) if isinstance(e, SetPrimary)]  # asked once
+    lonely = ServerSteering(SteeringConfig(me, PLAN, 2), 0.0)
+    lonely.handle(BondSeen(0.0, frozenset({0, 1}), 0, 0))
+    assert not [e for e in lonely.handle(BondSeen(0.15, frozenset({1}), 0, 0)) if isinstance(e, SetPrimary)]
+
+
 def fleet(**kwargs) -> Fleet:
     return Fleet(seed=kwargs.pop("seed", 1), **kwargs)
 
