@@ -146,7 +146,9 @@ class TargetHealth:
         # they say nothing about the path, neither as stalls nor as round trips.
         if self.up_since <= sent_at < self.down_since:
             self._judge_round_trip(rtt, now, others)
-        if now - self.silent_since >= self.timing.dead_interval:
+        # A silence that made it down counts even if time the daemon itself did not run
+        # was forgiven from it (tick): on a busy node that is when both paths fail together.
+        if self.state is Health.DOWN or now - self.silent_since >= self.timing.dead_interval:
             self.silences.append((self.silent_since, now))
         self.last_answer = self.last_tick = now
         self.unanswered.clear()

@@ -379,6 +379,25 @@ def test_paths_back_up_to_the_shared_margin_apart_after_a_server_event_are_not_o
         t += DEFAULT.burst_interval
 
 
+def test_the_other_called_down_in_the_shared_silence_counts_even_when_time_was_forgiven():
+    """The daemon stalled during a black hole: the time it did not run is forgiven from both
+    silences, so the other's looks short when it answers; it was down, though (seen in the
+    sandbox: the primary was left 0.3 s before it answered again)."""
+    primary, other = up(REMEMBERING), up(REMEMBERING)
+    t = S
+    while other.state is not Health.DOWN:
+        probe_both(primary, other, t)
+        t += DEFAULT.burst_interval
+        other.tick(t)
+        primary.tick(t)
+    other.silent_since = t - 0.1  # what forgiving a stall of the daemon does to it
+    probe_both(primary, other, t)
+    other.answered(0.003, t + 0.003)
+    probe_both(primary, other, t + DEFAULT.interval)
+    other.answered(0.003, t + DEFAULT.interval + 0.003)
+    assert not primary.outlasted_by(other, t + DEFAULT.interval + 0.5)
+
+
 def test_the_other_answering_a_little_late_does_not_slow_down_a_death():
     """A busy node: the other's answers come 0.2 s late (less than a dead interval) just
     as the primary dies. That is no shared silence: the short margin applies."""
