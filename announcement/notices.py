@@ -1,10 +1,18 @@
-"""The notice a vpn-shoot sends while it drains: "send me no new connections".
+"""The notices a vpn-shoot sends the kube-apiservers it knows.
 
 One line of ASCII in one UDP datagram from the vpn-shoot's bond address to a
-kube-apiserver's bond address, port ``LEAVING_PORT`` (only our
+kube-apiserver's bond address, port ``NOTICE_PORT`` (only our
 path-controller listens there; vpn2's ignores it)::
 
-    hvdp1 leaving src=<sender bond address> ts=<unix ms>[ mac=<hex>]
+    hvdp1 <verb> src=<sender bond address> ts=<unix ms>[ mac=<hex>]
+
+``serving``
+    every ``SERVING_EVERY`` while this vpn-shoot has the kube-apiserver's
+    tunnel and back-route in place (and at once when they are new): it can
+    carry that kube-apiserver's traffic. A vpn-shoot that answers probes
+    but does not serve yet (its pod just started) takes no traffic.
+``leaving``
+    while it drains after SIGTERM: send no new connections here.
 
 ``mac`` = HMAC-SHA256(key, every byte before `` mac=``) when a key is
 configured; the receiver then accepts nothing else. ``src`` must be the
@@ -18,29 +26,33 @@ from ipaddress import IPv6Address
 
 from announcement.wire import MAGIC, MAX_DATAGRAM, Rejected, _mac
 
-LEAVING_PORT = 5401
-VERB = "leaving"
+NOTICE_PORT = 5401
+SERVING, LEAVING = "serving", "leaving"
+VERBS = (SERVING, LEAVING)
+SERVING_EVERY = 1.0  # seconds between two serving notices to one kube-apiserver
 
 
-def encode_leaving(source: IPv6Address, now_ms: int, key: bytes | None = None) -> bytes:
-    text = f"{MAGIC} {VERB} src={source} ts={now_ms}"
+def encode_notice(verb: str, source: IPv6Address, now_ms: int, key: bytes | None = None) -> bytes:
+    if verb not in VERBS:
+        raise ValueError(f"unknown notice {verb!r}")
+    text = f"{MAGIC} {verb} src={source} ts={now_ms}"
     if key is not None:
         text += f" mac={_mac(key, text.encode('ascii'))}"
     return text.encode("ascii")
 
 
-def decode_leaving(
+def decode_notice(
     data: bytes, *, source: IPv6Address, key: bytes | None, now_ms: int, max_age_ms: int = 30_000
-) -> int:
-    """The notice's timestamp; Rejected (with a metric label as reason) if it must be ignored."""
+) -> tuple[str, int]:
+    """(verb, timestamp) of the notice; Rejected (with a metric label as reason) if it must be ignored."""
     if len(data) > MAX_DATAGRAM:
         raise Rejected("oversized", f"{len(data)} bytes")
     try:
         words = data.decode("ascii").split(" ")
     except UnicodeDecodeError:
         raise Rejected("malformed", "not ASCII") from None
-    if words[:2] != [MAGIC, VERB]:
-        raise Rejected("malformed", f"not a leaving notice: {data[:32]!r}")
+    if len(words) < 2 or words[0] != MAGIC or words[1] not in VERBS:
+        raise Rejected("malformed", f"not a notice: {data[:32]!r}")
     fields = dict(word.partition("=")[::2] for word in words[2:])
     names = [word.partition("=")[0] for word in words[2:]]
     if names not in (["src", "ts"], ["src", "ts", "mac"]):
@@ -59,4 +71,4 @@ def decode_leaving(
         raise Rejected("source-mismatch", f"signed for {claimed}, sent from {source}")
     if abs(now_ms - timestamp) > max_age_ms:
         raise Rejected("stale", f"timestamp {(timestamp - now_ms) / 1000:+.1f} s from now")
-    return timestamp
+    return words[1], timestamp

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 import asyncio_dgram
 
 from announcement import Rejected, encode
-from announcement.leaving import LEAVING_PORT, decode_leaving
+from announcement.notices import LEAVING, NOTICE_PORT, decode_notice
 from bonding.plan import seed_tunnel_name
 from daemonkit.effects import Log, Metric, apply_metric, write_log
 from daemonkit.inbox import Inbox
@@ -47,6 +47,7 @@ from path_controller.core import (
     RoutesWritten,
     SendFailed,
     SendProbe,
+    Serving,
     Started,
     Tick,
     WriteRoutes,
@@ -231,7 +232,7 @@ class PathController:
     def tasks(self) -> dict:
         loops = {
             "echo-reader": self.pinger.run(), "decisions": self._decision_loop(), "routes": self._route_worker(),
-            "kernel-events": self._event_loop(), "announce": self._announce_loop(), "leaving": self._leaving_loop(),
+            "kernel-events": self._event_loop(), "announce": self._announce_loop(), "notices": self._notice_loop(),
         }
         if self.steering is not None:
             loops.update(self.steering.tasks())
@@ -381,19 +382,19 @@ class PathController:
             return PinningFailed(self.clock(), str(exc))
         return PinningApplied(self.clock(), work.choice, closed)
 
-    # --- leaving notices (a vpn-shoot drains) --------------------------------
+    # --- notices of the vpn-shoots (serving us, leaving) ----------------------
 
-    async def _leaving_loop(self) -> None:
-        """Listen on [bond address]:LEAVING_PORT for vpn-shoots that drain."""
+    async def _notice_loop(self) -> None:
+        """Listen on [bond address]:NOTICE_PORT for vpn-shoots that serve us or drain."""
         stream = None
         while stream is None:
             address = await self._bond_address_or_none()
             if address is not None:
                 try:
-                    stream = await asyncio_dgram.bind((str(address), LEAVING_PORT))
+                    stream = await asyncio_dgram.bind((str(address), NOTICE_PORT))
                 except OSError as exc:
-                    if self.log_limit.allow("leaving-bind") is not None:
-                        LOG.warning("cannot listen for leaving notices yet", extra={"error": str(exc)})
+                    if self.log_limit.allow("notice-bind") is not None:
+                        LOG.warning("cannot listen for vpn-shoot notices yet", extra={"error": str(exc)})
             if stream is None:
                 await asyncio.sleep(1.0)
         try:
@@ -402,7 +403,7 @@ class PathController:
                     data, addr = await stream.recv()
                 except OSError:
                     continue
-                self._leaving_notice(data, addr[0])
+                self._notice(data, addr[0])
         finally:
             stream.close()
 
@@ -412,20 +413,20 @@ class PathController:
         except KERNEL_ERRORS:
             return None
 
-    def _leaving_notice(self, data: bytes, sender: str) -> None:
+    def _notice(self, data: bytes, sender: str) -> None:
         try:
             source = IPv6Address(sender.partition("%")[0])
             j = self.target_index.get(source)
             if j is None:
                 raise Rejected("foreign-source", f"{source} is no vpn-shoot")
-            decode_leaving(data, source=source, key=self.key, now_ms=self.wall_ms())
+            verb, _ = decode_notice(data, source=source, key=self.key, now_ms=self.wall_ms())
         except (Rejected, ValueError) as exc:
             reason = exc.reason if isinstance(exc, Rejected) else "malformed"
-            self.metrics.leaving_rejected.labels(reason).inc()
-            if self.log_limit.allow(("leaving", reason)) is not None:
-                LOG.warning("leaving notice ignored", extra={"reason": reason, "source": sender})
+            self.metrics.notices_rejected.labels(reason).inc()
+            if self.log_limit.allow(("notice", reason)) is not None:
+                LOG.warning("vpn-shoot notice ignored", extra={"reason": reason, "source": sender})
             return
-        self.post(Leaving(self.clock(), j))
+        self.post((Leaving if verb == LEAVING else Serving)(self.clock(), j))
 
     # --- announcements ----------------------------------------------------
 

@@ -90,6 +90,14 @@ class PeerAlive:
 
 
 @dataclass(frozen=True)
+class Serving:
+    """vpn-shoot ``target`` has this kube-apiserver's tunnel and back-route (its notice arrived)."""
+
+    now: float
+    target: int
+
+
+@dataclass(frozen=True)
 class Leaving:
     """vpn-shoot ``target`` drains (its notice arrived): no new connection there."""
 
@@ -157,7 +165,7 @@ class PinningFailed:
 
 
 Event = (
-    Started | Tick | Answered | SendFailed | ProbeExpired | PeerAlive | Leaving | LinkChanged | RouteChanged
+    Started | Tick | Answered | SendFailed | ProbeExpired | PeerAlive | Serving | Leaving | LinkChanged | RouteChanged
     | RoutesRead | RoutesUnreadable | RoutesWritten | PinningApplied | PinningFailed
 )
 
@@ -214,6 +222,12 @@ class CoreConfig:
     witness_hold: float = 0.0
     witness_max: float = 3.0
     leaving_for: float = 5.0  # a vpn-shoot counts as leaving this long after its last notice
+    # A vpn-shoot that has sent serving notices and stopped (its pod was replaced, its
+    # tunnel-controller is not up yet) takes no traffic from this long after the last one
+    # until it serves again; after serving_forget without any it is judged by its probes
+    # alone again (a vpn2 tunnel-controller sends none).
+    serving_fresh: float = 3.0
+    serving_forget: float = 60.0
     retry_min: float = 0.05  # route writes that failed: first retry, doubling up to retry_max
     retry_max: float = 1.0
     bond_device: str = "bond0"
@@ -241,6 +255,8 @@ class PathCore:
         self.backoff = Backoff(config.retry_min, config.retry_max)
         self.resync_at = now + config.route_resync_interval
         self.leaving: dict[int, float] = {}  # vpn-shoot → its last leaving notice
+        self.serving_at: dict[int, float] = {}  # vpn-shoot → its last serving notice
+        self.waiting_logged: frozenset[int] = frozenset()
         # Pinning: what we want the kernel's pinning to be, and the one change in flight.
         self.pins = PinPlan(config.pin_mode, config.pin_close_after)
         self.pin_work: ApplyPinning | None = None
@@ -345,6 +361,26 @@ class PathCore:
                 "target": event.target, "address": str(self.config.targets[event.target]),
             })
         self.leaving[event.target] = self.now
+
+    def _on_Serving(self, event: Serving) -> None:
+        self._metric("serving_notices", "inc", 1, (event.target,))
+        self.serving_at[event.target] = self.now
+
+    def _waiting(self) -> frozenset[int]:
+        """vpn-shoots that served us, stopped, and do not serve again yet: no traffic there."""
+        config = self.config
+        waiting = frozenset(
+            j for j, at in self.serving_at.items() if config.serving_fresh < self.now - at <= config.serving_forget
+        )
+        if waiting != self.waiting_logged:
+            for j in sorted(waiting - self.waiting_logged):
+                self._log(logging.WARNING, "vpn-shoot does not serve us (no tunnel to us yet): no traffic there", {
+                    "target": j, "address": str(config.targets[j]), "silent_seconds": round(self.now - self.serving_at[j], 1),
+                })
+            for j in sorted(self.waiting_logged - waiting):
+                self._log(logging.INFO, "vpn-shoot serves us again", {"target": j})
+            self.waiting_logged = waiting
+        return waiting
 
     def _leaving_now(self) -> frozenset[int]:
         for j, at in list(self.leaving.items()):
@@ -453,7 +489,7 @@ class PathCore:
         if self.selector is None:
             return
         was_stranded = self.selector.stranded
-        switch = self.selector.decide(self.probing.views(), self.now, self._leaving_now())
+        switch = self.selector.decide(self.probing.views(), self.now, self._leaving_now(), self._waiting())
         if switch is not None:
             self._switched(switch)
         if self.selector.stranded and not was_stranded:
@@ -528,7 +564,8 @@ class PathCore:
         """One pinning change at a time, once the choice differs from what the kernel holds."""
         if not self.pins.on or self.pin_work is not None or self.now < self.pin_retry_at:
             return
-        healthy = [j for j, view in self.probing.views().items() if view.state.healthy]
+        waiting = self._waiting()
+        healthy = [j for j, view in self.probing.views().items() if view.state.healthy and j not in waiting]
         wanted = self.pins.wanted(self.primary, healthy, self._leaving_now(), self.now)
         applied = self.pins.applied
         if wanted is None or (wanted == applied and not self.pin_recheck):

@@ -13,7 +13,7 @@ from path_controller.bondwatch import FAILOVER_EVENTS
 from path_controller.probe import Health
 from path_controller.selection import SWITCH_REASONS
 
-LEAVING_REJECTS = ("oversized", "malformed", "unauthenticated", "bad-mac", "source-mismatch", "stale", "foreign-source")
+NOTICE_REJECTS = ("oversized", "malformed", "unauthenticated", "bad-mac", "source-mismatch", "stale", "foreign-source")
 RTT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -52,8 +52,12 @@ class PathMetrics:
             f"{ns}_leaving_notices_total", "Notices of a draining vpn-shoot (no new connections there).", ["target"],
             registry=registry,
         )
-        self.leaving_rejected = Counter(
-            f"{ns}_leaving_rejected_total", "Leaving notices ignored, by reason.", ["reason"], registry=registry,
+        self.serving_notices = Counter(
+            f"{ns}_serving_notices_total", "Notices of a vpn-shoot that has our tunnel (it may take traffic).", ["target"],
+            registry=registry,
+        )
+        self.notices_rejected = Counter(
+            f"{ns}_notices_rejected_total", "Notices (serving, leaving) ignored, by reason.", ["reason"], registry=registry,
         )
         self.pinning = Gauge(
             f"{ns}_connection_pinning", "1 when new connections are pinned (0: off, or the kernel lacks support).",
@@ -81,8 +85,8 @@ class PathMetrics:
             self.switches.labels(reason)
         for event in FAILOVER_EVENTS:
             self.bond_failovers.labels(event)
-        for reason in LEAVING_REJECTS:
-            self.leaving_rejected.labels(reason)
+        for reason in NOTICE_REJECTS:
+            self.notices_rejected.labels(reason)
         self.add_targets(targets)
 
     def add_targets(self, count: int) -> None:
@@ -92,6 +96,7 @@ class PathMetrics:
         would be a wrong one."""
         per_target = (self.target_up, self.target_state, self.rtt, self.probes_sent, self.probes_lost,
                       self.probe_send_errors, self.announcements, self.announcement_errors, self.leaving_notices,
+                      self.serving_notices,
                       self.new_connections_target, self.connections_closed)
         for j in range(count):
             for metric in per_target:

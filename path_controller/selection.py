@@ -69,10 +69,14 @@ class PathSelector:
         """Keep the primary until ``until`` (this node's bond is failing over)."""
         self.hold_until = max(self.hold_until, until)
 
-    def decide(self, targets: Mapping[int, TargetView], now: float, leaving: frozenset[int] = frozenset()) -> Switch | None:
+    def decide(
+        self, targets: Mapping[int, TargetView], now: float, leaving: frozenset[int] = frozenset(),
+        waiting: frozenset[int] = frozenset(),
+    ) -> Switch | None:
         """A Switch when the primary must change, else None. ``leaving``: vpn-shoots that
-        drain; they take no new primary, and a primary that drains is left for a healthy one."""
-        states = {j: target.state for j, target in targets.items()}
+        drain; they take no new primary, and a primary that drains is left for a healthy one.
+        ``waiting``: vpn-shoots that answer but do not serve us yet; they count as unhealthy."""
+        states = {j: Health.DOWN if j in waiting and j != self.primary else t.state for j, t in targets.items()}
         if self.primary is None:
             return self._first_choice(states, now, leaving)
         if states[self.primary] is not Health.DOWN:

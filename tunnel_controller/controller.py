@@ -22,7 +22,7 @@ from collections.abc import Callable
 from ipaddress import IPv6Address
 
 from announcement import ANNOUNCE_PORT, Rejected, decode
-from announcement.leaving import LEAVING_PORT, encode_leaving
+from announcement.notices import LEAVING, NOTICE_PORT, SERVING, SERVING_EVERY, encode_notice
 from daemonkit.lifecycle import Daemon, ExitCode, Heartbeats, StartupError
 from daemonkit.logs import RateLimiter
 from netlink_adapter.addresses import IFA_F_NOT_USABLE, describe_address_flags
@@ -37,7 +37,7 @@ from tunnel_controller.metrics import Metrics
 from tunnel_controller.netlink import Kernel, event_stream
 from tunnel_controller.outcomes import PeerEvent, RejectReason, SignalResult
 from tunnel_controller.reconciler import Reconciler
-from tunnel_controller.registry import Outcome, PeerRegistry, PeerRejected
+from tunnel_controller.registry import Outcome, PeerRegistry, PeerRejected, Status
 from tunnel_controller.watchdog import Watchdog
 
 LOG = logging.getLogger("tunnel_controller")
@@ -65,6 +65,7 @@ class TunnelController:
         self.key = settings.announce_key()
         self.steering: SteeringRunner | None = None
         self.draining = False
+        self.serving_wake = asyncio.Event()
         self.registry = PeerRegistry(
             expiry=settings.peer_expiry,
             max_peers=settings.max_peers,
@@ -220,7 +221,40 @@ class TunnelController:
             if reconciler.resync_due(self.clock()):
                 await reconciler.resync()
             await reconciler.reconcile()
+            self.serving_wake.set()  # a tunnel that just became ready is told at once
             self.heartbeats.beat("reconcile")
+
+    async def _serving_loop(self) -> None:
+        """Tell each kube-apiserver whose tunnel and back-route are in place that this
+        vpn-shoot carries its traffic: at once when they are new, then every
+        SERVING_EVERY, not while draining. Its path-controller sends nothing to a vpn-shoot
+        that answers probes but does not serve it yet (a pod that just started)."""
+        sender = await listener.open_sender(self.reconciler.local)
+        told: dict[IPv6Address, float] = {}
+        try:
+            while True:
+                now = self.clock()
+                ready = {peer.remote for peer in self.registry.peers.values()
+                         if peer.status is Status.READY and not self.draining}
+                told = {remote: at for remote, at in told.items() if remote in ready}
+                due = [remote for remote in ready if now - told.get(remote, float("-inf")) >= SERVING_EVERY]
+                if due:
+                    notice = encode_notice(SERVING, self.reconciler.local, self.wall_ms(), self.key)
+                    for remote in due:
+                        try:
+                            await sender.send(notice, (str(remote), NOTICE_PORT))
+                            self.metrics.serving_notices.labels("sent").inc()
+                        except OSError:
+                            self.metrics.serving_notices.labels("failed").inc()
+                        told[remote] = now
+                wait = min((at + SERVING_EVERY for at in told.values()), default=now + SERVING_EVERY) - self.clock()
+                try:
+                    await asyncio.wait_for(self.serving_wake.wait(), max(0.01, wait))
+                except asyncio.TimeoutError:
+                    pass
+                self.serving_wake.clear()
+        finally:
+            sender.close()
 
     async def _watch_loop(self, started: asyncio.Event) -> None:
         while True:
@@ -324,7 +358,7 @@ class TunnelController:
         if self.settings.server_steering:
             await self._start_steering(daemon)
         daemon.loops({"receive": self._receive_loop(), "reconcile": self._reconcile_loop(),
-                      "watchdog": self._watchdog_loop()})
+                      "watchdog": self._watchdog_loop(), "serving": self._serving_loop()})
         outcome = await daemon.supervise()
         if outcome is ExitCode.OK and self.settings.drain_seconds > 0:
             await self._drain()  # the loops keep running: tunnels and routes stay in service
@@ -344,10 +378,10 @@ class TunnelController:
         sender = await listener.open_sender(local)
         try:
             while self.clock() < until:
-                notice = encode_leaving(local, self.wall_ms(), self.key)
+                notice = encode_notice(LEAVING, local, self.wall_ms(), self.key)
                 for peer in list(self.registry.peers.values()):
                     try:
-                        await sender.send(notice, (str(peer.remote), LEAVING_PORT))
+                        await sender.send(notice, (str(peer.remote), NOTICE_PORT))
                         self.metrics.leaving_notices.labels("sent").inc()
                     except OSError:
                         self.metrics.leaving_notices.labels("failed").inc()

@@ -67,8 +67,13 @@ class Metrics:
             f"{PREFIX}_leaving_notices", "notices sent while draining: send no new connections here", ["result"],
             registry=r,
         )
+        self.serving_notices = Counter(
+            f"{PREFIX}_serving_notices", "notices to kube-apiservers whose tunnel is in place: this vpn-shoot carries "
+            "their traffic", ["result"], registry=r,
+        )
         for result in ("sent", "failed"):
             self.leaving_notices.labels(result)
+            self.serving_notices.labels(result)
         for reason in RejectReason:
             self.rejected.labels(reason)
         for form in FORMS:

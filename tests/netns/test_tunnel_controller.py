@@ -13,6 +13,7 @@ from datetime import datetime
 from ipaddress import IPv6Address
 
 from announcement import encode
+from announcement.notices import NOTICE_PORT, SERVING, decode_notice
 from bonding.plan import shoot_tunnel_name
 from netlink_adapter.ip6tnl import IP6_TNL_F_IGN_ENCAP_LIMIT, create_or_ensure_ip6tnl, ip6tnl_matches
 from netlink_adapter.links import Ensured, is_up, link_by_name, link_index
@@ -151,6 +152,50 @@ async def test_announcements_create_the_tunnel_and_back_routes_traffic_crosses(m
     assert metric(after, "tunnel_controller_back_routes") == 3
     one.close()
     two.close()
+    assert daemon.stop() == 0
+
+
+async def test_a_kube_apiserver_with_a_tunnel_is_told_this_vpn_shoot_serves_it(make_netns, ipr_factory, processes):
+    """Serving notices go to the bond address of each kube-apiserver whose tunnel is in place,
+    at once and every second; one that never announced gets none."""
+    lab = await Lab.create(make_netns, ipr_factory, seeds=2)
+    seed1, seed2 = lab.seeds
+    listeners = {}
+    for seed in (seed1, seed2):
+        sock = ns_socket(seed.ns, socket.AF_INET6, socket.SOCK_DGRAM)
+        sock.bind((str(seed.address), NOTICE_PORT))
+        sock.setblocking(False)
+        listeners[seed.name] = sock
+    daemon = Daemon(processes, lab.shoot.ns)
+    await daemon.wait_listening()
+    try:
+        one = Announcer(seed1, lab.shoot)
+        one.send(vpn2_payload(1))
+        await nsutil.wait_for(lambda: host_routes_has(lab, "10.96.0.1/32"), timeout=10, message="back-route")
+        received: list[tuple[float, bytes, str]] = []
+
+        def drain() -> int:
+            for name, sock in listeners.items():
+                while True:
+                    try:
+                        data, addr = sock.recvfrom(512)
+                    except BlockingIOError:
+                        break
+                    received.append((time.monotonic(), data, name, addr[0]))
+            return sum(1 for _, _, name, _ in received if name == seed1.name)
+
+        await nsutil.wait_for(lambda: drain() >= 3, timeout=10, interval=0.05, message="three serving notices")
+        ones = [entry for entry in received if entry[2] == seed1.name]
+        for _, data, _, sender in ones:
+            assert decode_notice(data, source=lab.shoot.address, key=None, now_ms=now_ms())[0] == SERVING
+            assert IPv6Address(sender) == lab.shoot.address
+        assert ones[-1][0] - ones[0][0] >= 1.5, "one a second, not a burst"
+        assert not [entry for entry in received if entry[2] == seed2.name], "a kube-apiserver without a tunnel"
+        assert metric(await metrics(lab.shoot.ns), "tunnel_controller_serving_notices_total", result="sent") >= 3
+        one.close()
+    finally:
+        for sock in listeners.values():
+            sock.close()
     assert daemon.stop() == 0
 
 

@@ -26,6 +26,7 @@ from path_controller.core import (
     RoutesRead,
     RoutesWritten,
     SendProbe,
+    Serving,
     Started,
     Tick,
     WriteRoutes,
@@ -253,3 +254,48 @@ def test_a_leaving_primary_is_left_and_the_notice_expires():
     sim.run(20.0)
     assert [(reason, new) for _, reason, new in sim.result.switches] == [("initial", 0), ("leaving", 1)]
     assert sim.core.leaving == {}  # expired: vpn-shoot 0 may be chosen again (no fail-back, though)
+
+
+def serving(sim: Simulation, target: int, start: float, until: float) -> None:
+    """vpn-shoot ``target``'s tunnel-controller tells us every second that it has our tunnel."""
+    t = start
+    while t < until:
+        sim.at(t, Serving(t, target))
+        t += 1.0
+
+
+def test_a_replaced_vpn_shoot_takes_no_traffic_until_it_serves_us():
+    """vpn-shoot 1's pod is replaced (down 10-20 s); from 20 s it answers probes but its
+    tunnel-controller is not up yet. vpn-shoot 0 dies at 22 s: no switch to 1 (we keep the
+    routes) until 1 serves again at 25 s."""
+    paths = [Path(dead_from=22.0), Path(dead_from=10.0, alive_from=20.0)]
+    sim = Simulation(paths, seed=3, core_config=config(preference=(0, 1)))
+    serving(sim, 0, 1.0, 22.0)
+    serving(sim, 1, 1.0, 10.0)
+    serving(sim, 1, 25.0, 30.0)
+    sim.run(24.9)
+    assert sim.core.primary == 0 and sim.core.selector.stranded
+    assert any(log.message.startswith("vpn-shoot does not serve us") for _, log in sim.result.logs)
+    sim.run(30.0)
+    assert [(reason, new) for _, reason, new in sim.result.switches] == [("initial", 0), ("primary down", 1)]
+    assert 25.0 <= sim.result.switches[-1][0] < 25.1
+
+
+def test_a_vpn_shoot_that_never_sent_notices_is_judged_by_its_probes():
+    """vpn2's tunnel-controller sends no serving notices: nothing waits for them."""
+    paths = [Path(dead_from=22.0), Path(dead_from=10.0, alive_from=20.0)]
+    sim = Simulation(paths, seed=3, core_config=config(preference=(0, 1)))
+    sim.run(30.0)
+    assert [(reason, new) for _, reason, new in sim.result.switches] == [("initial", 0), ("primary down", 1)]
+    assert sim.result.switches[-1][0] < 22.5
+
+
+def test_serving_notices_silent_for_long_are_forgotten():
+    """A vpn-shoot silent about serving for longer than serving_forget (rolled back to
+    vpn2's tunnel-controller) is judged by its probes again."""
+    paths = [Path(dead_from=80.0), Path()]
+    sim = Simulation(paths, seed=3, core_config=config(preference=(0, 1)))
+    serving(sim, 0, 1.0, 80.0)
+    serving(sim, 1, 1.0, 10.0)
+    sim.run(90.0)
+    assert [(reason, new) for _, reason, new in sim.result.switches] == [("initial", 0), ("primary down", 1)]
