@@ -23,23 +23,6 @@ def log(text: str) -> None:
     print(text, flush=True)
 
 
-def measure_first() -> str:
-    """Run the measuring process (its streams, echo servers, polls) at the lowest real-time
-    priority; what it starts (daemons, OpenVPN) runs as before (SCHED_RESET_ON_FORK).
-
-    On the sandbox's one vCPU a measuring process that waits its turn behind 14 OpenVPN
-    processes counts its own delay as the network's: right after a server kill the
-    benchmark once sent no datagram for 0.56 s and read an answer 0.57 s after the
-    datagram left, while the path had been back for most of that time. Returns how the
-    process is scheduled, for the result."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(1))
-    except (OSError, AttributeError) as error:
-        log(f"measuring at normal priority: real-time priority refused ({error})")
-        return "normal"
-    return "SCHED_FIFO 1 (children SCHED_OTHER)"
-
-
 class Namespaces:
     """``make_netns`` / ``ipr_factory`` / ``processes`` like the test fixtures, torn down on exit."""
 
@@ -116,7 +99,6 @@ def environment() -> dict:
         "sandbox": os.environ.get("SANDBOX_KERNEL", "host"),
         "python": sys.version.split()[0],
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "measuring_process": "real-time (SCHED_FIFO)" if os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK == os.SCHED_FIFO else "normal",
     }
 
 

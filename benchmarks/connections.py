@@ -68,7 +68,6 @@ from benchmarks.common import (
     Namespaces,
     environment,
     log,
-    measure_first,
     p50_p99_ms,
     print_comparison,
     summary,
@@ -801,7 +800,6 @@ def main() -> int:
         parser.error(f"--fleets: unknown {', '.join(sorted(unknown))}")
     if args.runs < 1:
         parser.error("--runs must be ≥ 1")
-    measure_first()
     result = asyncio.run(run(args))
     verdicts = targets.evaluate("connections", figures(result))
     result["targets"] = targets.as_json(verdicts)

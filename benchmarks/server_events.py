@@ -57,7 +57,6 @@ from benchmarks.common import (
     dump_metrics,
     environment,
     log,
-    measure_first,
     p50_p99_ms,
     print_comparison,
     summary,
@@ -639,7 +638,6 @@ def main() -> int:
         parser.error("--runs must be ≥ 1, --blackhole-timeout > 0, --down-seconds ≥ 0")
     if args.wan is not None and not args.wan.strip():
         parser.error("--wan: an empty netem spec")
-    measure_first()
     result = asyncio.run(run(args))
     verdicts = targets.evaluate("server_events", figures(result))
     result["targets"] = targets.as_json(verdicts)
