@@ -222,12 +222,11 @@ class CoreConfig:
     witness_hold: float = 0.0
     witness_max: float = 3.0
     leaving_for: float = 5.0  # a vpn-shoot counts as leaving this long after its last notice
-    # A vpn-shoot that has sent serving notices and stopped (its pod was replaced, its
-    # tunnel-controller is not up yet) takes no traffic from this long after the last one
-    # until it serves again; after serving_forget without any it is judged by its probes
-    # alone again (a vpn2 tunnel-controller sends none).
-    serving_fresh: float = 3.0
-    serving_forget: float = 60.0
+    # A vpn-shoot that has sent serving notices and then came back from down (a replaced
+    # pod: its OpenVPN clients connect before its tunnel-controller runs) takes no traffic
+    # until it serves again; one still silent about it serving_forget after it came back is
+    # judged by its probes alone (rolled back to vpn2's tunnel-controller, which sends none).
+    serving_forget: float = 30.0
     retry_min: float = 0.05  # route writes that failed: first retry, doubling up to retry_max
     retry_max: float = 1.0
     bond_device: str = "bond0"
@@ -256,6 +255,7 @@ class PathCore:
         self.resync_at = now + config.route_resync_interval
         self.leaving: dict[int, float] = {}  # vpn-shoot → its last leaving notice
         self.serving_at: dict[int, float] = {}  # vpn-shoot → its last serving notice
+        self.came_up: dict[int, float] = {}  # vpn-shoot → when it last became healthy after being down
         self.waiting_logged: frozenset[int] = frozenset()
         # Pinning: what we want the kernel's pinning to be, and the one change in flight.
         self.pins = PinPlan(config.pin_mode, config.pin_close_after)
@@ -367,15 +367,16 @@ class PathCore:
         self.serving_at[event.target] = self.now
 
     def _waiting(self) -> frozenset[int]:
-        """vpn-shoots that served us, stopped, and do not serve again yet: no traffic there."""
+        """vpn-shoots that served us, came back from down and do not serve again yet: no traffic there."""
         config = self.config
         waiting = frozenset(
-            j for j, at in self.serving_at.items() if config.serving_fresh < self.now - at <= config.serving_forget
+            j for j, at in self.serving_at.items()
+            if at < self.came_up.get(j, float("-inf")) and self.now - self.came_up[j] <= config.serving_forget
         )
         if waiting != self.waiting_logged:
             for j in sorted(waiting - self.waiting_logged):
                 self._log(logging.WARNING, "vpn-shoot does not serve us (no tunnel to us yet): no traffic there", {
-                    "target": j, "address": str(config.targets[j]), "silent_seconds": round(self.now - self.serving_at[j], 1),
+                    "target": j, "address": str(config.targets[j]), "back_seconds": round(self.now - self.came_up[j], 1),
                 })
             for j in sorted(self.waiting_logged - waiting):
                 self._log(logging.INFO, "vpn-shoot serves us again", {"target": j})
@@ -478,6 +479,8 @@ class PathCore:
                 "old": transition.old.value, "reason": transition.reason,
             })
             self.pins.observe(j, transition.new.healthy, self.now)
+            if transition.new.healthy and transition.old in (Health.DOWN, Health.RISING):
+                self.came_up[j] = self.now
         touched = {j for j, _ in verdicts}
         for j in touched:
             for name, value in self.probing.gauges(j, self.now).items():

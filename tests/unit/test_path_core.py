@@ -290,12 +290,27 @@ def test_a_vpn_shoot_that_never_sent_notices_is_judged_by_its_probes():
     assert sim.result.switches[-1][0] < 22.5
 
 
-def test_serving_notices_silent_for_long_are_forgotten():
-    """A vpn-shoot silent about serving for longer than serving_forget (rolled back to
-    vpn2's tunnel-controller) is judged by its probes again."""
-    paths = [Path(dead_from=80.0), Path()]
-    sim = Simulation(paths, seed=3, core_config=config(preference=(0, 1)))
-    serving(sim, 0, 1.0, 80.0)
+def test_a_vpn_shoot_back_without_serving_is_judged_by_its_probes_after_a_while():
+    """vpn-shoot 1 comes back from down (10-20 s) and never serves again (rolled back to
+    vpn2's tunnel-controller): serving_forget after it came back it may take traffic."""
+    paths = [Path(dead_from=30.0), Path(dead_from=10.0, alive_from=20.0)]
+    core_config = config(preference=(0, 1))
+    sim = Simulation(paths, seed=3, core_config=core_config)
+    serving(sim, 0, 1.0, 30.0)
     serving(sim, 1, 1.0, 10.0)
-    sim.run(90.0)
+    sim.run(70.0)
     assert [(reason, new) for _, reason, new in sim.result.switches] == [("initial", 0), ("primary down", 1)]
+    assert 20.0 + core_config.serving_forget <= sim.result.switches[-1][0] < 20.5 + core_config.serving_forget
+
+
+def test_a_vpn_shoot_that_keeps_serving_is_not_held_back_by_a_slow_notice():
+    """Notices 4 s apart (a busy tunnel-controller) hold nothing back while the vpn-shoot
+    stayed up: only coming back from down asks for a fresh notice."""
+    paths = [Path(dead_from=12.5), Path()]
+    sim = Simulation(paths, seed=3, core_config=config(preference=(0, 1)))
+    serving(sim, 0, 1.0, 12.0)
+    sim.at(1.0, Serving(1.0, 1))
+    sim.at(5.0, Serving(5.0, 1))
+    sim.run(14.0)
+    assert [(reason, new) for _, reason, new in sim.result.switches] == [("initial", 0), ("primary down", 1)]
+    assert sim.result.switches[-1][0] < 13.0
