@@ -102,6 +102,9 @@ class Vpn2Rounds:
     def hold(self, until: float) -> None:
         pass  # vpn2 holds nothing while a bond fails over
 
+    def bond_moved(self, now: float) -> None:
+        pass  # vpn2 knows nothing of it
+
     def witness(self, target: int, now: float, hold: float, longest: float) -> None:
         pass  # nor knows anything but its pings
 

@@ -33,7 +33,7 @@ from ipaddress import IPv6Address
 from daemonkit.backoff import Backoff
 from daemonkit.effects import Log, Metric
 from daemonkit.logs import RateLimiter
-from path_controller.bondwatch import BondWatch, LinkFacts
+from path_controller.bondwatch import SLAVE_GAINED_CARRIER, BondWatch, LinkFacts
 from path_controller.pin_plan import PinChoice, PinPlan
 from path_controller.probe import Health, Transition
 from path_controller.probing import ProbePolicy
@@ -514,6 +514,8 @@ class PathCore:
 
     def _bond_failing_over(self, failover: str, link: LinkFacts) -> None:
         self._metric("bond_failovers", "inc", 1, (failover,))
+        if failover != SLAVE_GAINED_CARRIER:  # a client reconnecting interrupts no path
+            self.probing.bond_moved(self.now)
         hold = self.config.failover_hold
         if hold <= 0:
             return

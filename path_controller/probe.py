@@ -127,6 +127,7 @@ class TargetHealth:
         self.silent_since = float("inf")
         self.answers: deque[tuple[float, float]] = deque(maxlen=64)
         self.silences: deque[tuple[float, float]] = deque(maxlen=8)  # (start, end) of recent long silences
+        self.bond_moved_at = float("-inf")  # this node's bond last changed server (a shared silence)
         self.hold_until = float("-inf")  # no DOWN verdict before this (bondwatch)
 
     # --- inputs -----------------------------------------------------------
@@ -214,11 +215,13 @@ class TargetHealth:
         the moment. A stalled node delays every target's answers alike, and after a
         silence every target shared they come back within milliseconds. The margin costs
         a real death nothing: the down verdict needs longer. When ``other`` was silent
-        for a dead interval while ours began (a server failed, the bonds are moving),
-        the paths come back as far apart as the bonds' moves: the margin is then
-        ``shared_silence_margin``."""
+        for a dead interval while ours began, or this node's bond changed server in it
+        (a server failed, the bonds are moving), the paths come back as far apart as
+        the bonds' moves: the margin is then ``shared_silence_margin``."""
         margin = max(self.late_after, self.timing.dead_interval / 2)
-        if any(end > self.silent_since for _, end in other.silences):
+        # Half a second of slack: time the daemon did not run is forgiven from silent_since.
+        moved_in_it = self.bond_moved_at >= self.silent_since - 0.5
+        if moved_in_it or any(end > self.silent_since for _, end in other.silences):
             margin = max(margin, self.timing.shared_silence_margin)
         for sent_at, rtt in other.answers:
             if sent_at >= self.silent_since:

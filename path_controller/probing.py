@@ -39,6 +39,9 @@ class ProbePolicy(Protocol):
     def hold(self, until: float) -> None:
         """Call no target down before ``until`` (this node's bond is failing over)."""
 
+    def bond_moved(self, now: float) -> None:
+        """This node's bond changed server at ``now``: a silence every path shares."""
+
     def witness(self, target: int, now: float, hold: float, longest: float) -> None:
         """Another source says ``target`` is alive at ``now``: no down verdict for ``hold``,
         at most ``longest`` after its current silence began."""
@@ -105,6 +108,10 @@ class Probing:
     def hold(self, until: float) -> None:
         for health in self.health.values():
             health.hold(until)
+
+    def bond_moved(self, now: float) -> None:
+        for health in self.health.values():
+            health.bond_moved_at = now
 
     def witness(self, target: int, now: float, hold: float, longest: float) -> None:
         health = self.health[target]

@@ -115,11 +115,24 @@ def test_the_same_silence_without_a_bond_event_switches():
 
 
 def test_a_hold_is_off_with_zero():
-    sim = Simulation([Path(), Path(outages=((10.0, 10.7),))], seed=3,
+    """The primary is silent 10.0-11.3 from a bond move on: a 1.5 s hold would keep it; without
+    the hold only the shared-silence margin (the bond moved in its silence) delays the switch."""
+    sim = Simulation([Path(), Path(outages=((10.0, 11.3),))], seed=3,
                      core_config=config(preference=(1, 0), failover_hold=0.0), links=Simulation.bond_links())
     sim.bond_moves(10.0, Simulation.TAP1)
     sim.run(13.0)
     assert [new for _, _, new in sim.result.switches] == [1, 0]
+    assert 10.0 + ProbeTiming().shared_silence_margin <= sim.result.switches[-1][0] < 11.3
+
+
+def test_a_bond_move_in_the_primarys_silence_asks_for_the_shared_margin():
+    """With server steering there is no hold: the primary silent 10.0-10.7 from this node's
+    bond move on (the vpn-shoots' bonds move later, each on its own) is kept."""
+    sim = Simulation([Path(), Path(outages=((10.0, 10.7),))], seed=3,
+                     core_config=config(preference=(1, 0), failover_hold=0.0), links=Simulation.bond_links())
+    sim.bond_moves(10.0, Simulation.TAP1)
+    sim.run(13.0)
+    assert [new for _, _, new in sim.result.switches] == [1]
 
 
 def started_core(routes=None, preference=(0, 1)) -> tuple[PathCore, list]:
