@@ -32,6 +32,7 @@ from path_controller.config import PathControllerSettings
 from path_controller.core import (
     Answered,
     ApplyPinning,
+    BondMoved,
     CoreConfig,
     Effect,
     Event,
@@ -221,7 +222,8 @@ class PathController:
         )
         metrics = SteeringMetrics(self.registry, "path_controller", settings.ha_vpn_servers)
         runner = SteeringRunner(config, self.kernel.ipr, metrics, key=self.key, clock=self.clock, wall_ms=self.wall_ms,
-                                on_beacon=self._on_beacon, heartbeats=self.heartbeats)
+                                on_beacon=self._on_beacon, on_move=lambda now: self.post(BondMoved(now)),
+                                heartbeats=self.heartbeats)
         try:
             await runner.start()
         except SteeringUnavailable as exc:

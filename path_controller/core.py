@@ -90,6 +90,13 @@ class PeerAlive:
 
 
 @dataclass(frozen=True)
+class BondMoved:
+    """Server steering saw this node's bond change server (it may not show on the bond's link)."""
+
+    now: float
+
+
+@dataclass(frozen=True)
 class Serving:
     """vpn-shoot ``target`` has this kube-apiserver's tunnel and back-route (its notice arrived)."""
 
@@ -165,7 +172,7 @@ class PinningFailed:
 
 
 Event = (
-    Started | Tick | Answered | SendFailed | ProbeExpired | PeerAlive | Serving | Leaving | LinkChanged | RouteChanged
+    Started | Tick | Answered | SendFailed | ProbeExpired | PeerAlive | BondMoved | Serving | Leaving | LinkChanged | RouteChanged
     | RoutesRead | RoutesUnreadable | RoutesWritten | PinningApplied | PinningFailed
 )
 
@@ -361,6 +368,9 @@ class PathCore:
                 "target": event.target, "address": str(self.config.targets[event.target]),
             })
         self.leaving[event.target] = self.now
+
+    def _on_BondMoved(self, event: BondMoved) -> None:
+        self.probing.bond_moved(self.now)
 
     def _on_Serving(self, event: Serving) -> None:
         self._metric("serving_notices", "inc", 1, (event.target,))

@@ -87,10 +87,10 @@ class ProbeTiming:
     # When the other target was silent too (for a dead interval or more) while the
     # primary's silence began, something both paths share failed: this node, a server.
     # Their paths come back apart by as much as the bonds' moves are apart (server
-    # steering moves each pod on its own, 0.1-0.7 s apart measured on a loaded
-    # sandbox), so the primary must stay silent this long after the other answered
+    # steering moves each pod on its own: 0.1-0.7 s apart, once over 1 s, measured
+    # on a loaded sandbox), so the primary must stay silent this long after the other answered
     # before it counts as outlasted. A primary that dies alone is judged at once.
-    shared_silence_margin: float = 1.0
+    shared_silence_margin: float = 1.5
 
 
 @dataclass(frozen=True)

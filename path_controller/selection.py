@@ -4,8 +4,8 @@
   healthy; a recovered target does not take traffic back (no flapping).
 * Evidence: the other target must have answered a probe sent while the
   primary was silent, and the primary's probe sent with it must have stayed
-  unanswered for longer (for a second when the other was silent too: the
-  bonds of both vpn-shoots move after a server event, each on its own). When
+  unanswered for longer (1.5 s when the other was silent too, or this
+  node's bond changed server: after a server event the bonds move, each on its own). When
   every target went silent together (this node stalled, a server failed over)
   no path is better than the primary; switching would only add a route change.
 * Spread: each kube-apiserver has its own preference order over the targets,

@@ -71,6 +71,7 @@ class SteeringRunner:
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         on_beacon: Callable[[Beacon, float], None] = lambda beacon, now: None,
+        on_move: Callable[[float], None] = lambda now: None,
         heartbeats: Heartbeats | None = None,
     ):
         self.config = config
@@ -80,6 +81,7 @@ class SteeringRunner:
         self.clock = clock
         self.wall_ms = wall_ms
         self.on_beacon = on_beacon
+        self.on_move = on_move  # the bond changed server (whoever moved it)
         self.heartbeats = heartbeats
         self.core = ServerSteering(config, clock())
         self.sockets: dict[int, socket.socket] = {}
@@ -222,6 +224,8 @@ class SteeringRunner:
         if last is None or (last.carriers, last.active, last.primary) != (seen.carriers, seen.active, seen.primary):
             self._last_bond = seen
             self.post(seen)
+            if last is not None and seen.active != last.active:
+                self.on_move(seen.now)
 
     # --- the decision loop ------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from benchmarks.vpn2_profile import Vpn2Rounds
 from netlink_adapter.ip6tnl import ARPHRD_TUNNEL6
 from netlink_adapter.links import LinkFacts
 from path_controller.core import (
+    BondMoved,
     CoreConfig,
     Leaving,
     PeerAlive,
@@ -114,15 +115,15 @@ def test_the_same_silence_without_a_bond_event_switches():
     assert [(reason, new) for _, reason, new in sim.result.switches] == [("initial", 1), ("primary down", 0)]
 
 
-def test_a_hold_is_off_with_zero():
-    """The primary is silent 10.0-11.3 from a bond move on: a 1.5 s hold would keep it; without
-    the hold only the shared-silence margin (the bond moved in its silence) delays the switch."""
-    sim = Simulation([Path(), Path(outages=((10.0, 11.3),))], seed=3,
+def test_without_a_hold_a_bond_move_delays_a_switch_by_the_shared_margin():
+    """The primary is silent 10.0-12.5 from a bond move on while the other answers: without a
+    hold only the shared-silence margin (the bond moved in its silence) delays the switch."""
+    sim = Simulation([Path(), Path(outages=((10.0, 12.5),))], seed=3,
                      core_config=config(preference=(1, 0), failover_hold=0.0), links=Simulation.bond_links())
     sim.bond_moves(10.0, Simulation.TAP1)
     sim.run(13.0)
     assert [new for _, _, new in sim.result.switches] == [1, 0]
-    assert 10.0 + ProbeTiming().shared_silence_margin <= sim.result.switches[-1][0] < 11.3
+    assert 10.0 + ProbeTiming().shared_silence_margin <= sim.result.switches[-1][0] < 12.0
 
 
 def test_a_bond_move_in_the_primarys_silence_asks_for_the_shared_margin():
@@ -327,3 +328,13 @@ def test_a_vpn_shoot_that_keeps_serving_is_not_held_back_by_a_slow_notice():
     sim.run(14.0)
     assert [(reason, new) for _, reason, new in sim.result.switches] == [("initial", 0), ("primary down", 1)]
     assert sim.result.switches[-1][0] < 13.0
+
+
+def test_steering_telling_of_a_bond_move_asks_for_the_shared_margin():
+    """The same silence as in the control above, with server steering's word that the bond
+    changed server (its move need not show on the bond's link messages): kept."""
+    sim = Simulation([Path(), Path(outages=((10.0, 10.7),))], seed=3,
+                     core_config=config(preference=(1, 0), failover_hold=0.0))
+    sim.at(10.3, BondMoved(10.3))
+    sim.run(13.0)
+    assert [new for _, _, new in sim.result.switches] == [1]
