@@ -335,6 +335,6 @@ def test_steering_telling_of_a_bond_move_asks_for_the_shared_margin():
     changed server (its move need not show on the bond's link messages): kept."""
     sim = Simulation([Path(), Path(outages=((10.0, 10.7),))], seed=3,
                      core_config=config(preference=(1, 0), failover_hold=0.0))
-    sim.at(10.3, BondMoved(10.3))
+    sim.at(10.1, BondMoved(10.1))
     sim.run(13.0)
     assert [new for _, _, new in sim.result.switches] == [1]
